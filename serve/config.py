@@ -1,0 +1,71 @@
+"""Frozen configuration dataclasses. Validation raises ValueError with a message a user can act on."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+BACKENDS = ("llamacpp", "native", "vllm", "remote")
+POLICIES = ("round-robin", "least-outstanding", "prefix-affinity")
+DEFAULT_MODEL = "smollm2-135m-instruct"
+
+
+@dataclass(frozen=True)
+class ReplicaSpec:
+    """One replica of a served model: a backend plus the options that backend reads."""
+
+    backend: str = "llamacpp"
+    # Catalog name, local path (.gguf file or HF-style directory), or, for `remote`, the upstream model name.
+    model: str = DEFAULT_MODEL
+    url: str | None = None  # remote: upstream base URL, e.g. http://127.0.0.1:9000/v1
+    api_key: str | None = None  # remote: bearer token for the upstream
+    options: dict[str, Any] = field(default_factory=dict)  # backend-specific knobs (n_ctx, parallel, ...)
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ValueError(f"unknown backend {self.backend!r}; choose one of: {', '.join(BACKENDS)}")
+        if self.backend == "remote" and not self.url:
+            raise ValueError("a remote replica needs `url` (the upstream's OpenAI base URL)")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """A model name clients use, its aliases, its replicas and how requests are spread over them."""
+
+    name: str
+    replicas: tuple[ReplicaSpec, ...]
+    aliases: tuple[str, ...] = ()
+    policy: str = "least-outstanding"
+    # Requests admitted at once (running + queued) before new ones get 503 + Retry-After.
+    max_outstanding: int = 256
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            raise ValueError("a model needs a non-empty `name`")
+        if not self.replicas:
+            raise ValueError(f"model {self.name!r} has no replicas")
+        if self.policy not in POLICIES:
+            raise ValueError(f"unknown policy {self.policy!r}; choose one of: {', '.join(POLICIES)}")
+        if self.max_outstanding < 1:
+            raise ValueError("max_outstanding must be >= 1")
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_key: str | None = None
+    models: tuple[ModelConfig, ...] = ()
+    max_body_bytes: int = 4 * 1024 * 1024
+    health_interval_s: float = 5.0
+    log_level: str = "info"
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port {self.port} is out of range 0..65535")
+        names: set[str] = set()
+        for m in self.models:
+            for n in (m.name, *m.aliases):
+                if n in names:
+                    raise ValueError(f"model name or alias {n!r} is declared twice")
+                names.add(n)

@@ -1,0 +1,63 @@
+"""SamplingParams: the one place request knobs are validated. Every backend receives this."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+class ParamError(ValueError):
+    """A request parameter is invalid. `param` names it for the OpenAI error envelope."""
+
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    n: int = 1
+    max_tokens: int | None = None  # None: up to the context limit
+    temperature: float = 1.0  # 0 means greedy
+    top_p: float = 1.0
+    top_k: int = 0  # 0 or -1: disabled
+    min_p: float = 0.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    stop_token_ids: tuple[int, ...] = ()
+    ignore_eos: bool = False
+    logprobs: int | None = None  # None: off; k >= 0: chosen token's logprob plus top-k alternatives
+    logit_bias: dict[int, float] = field(default_factory=dict)
+    echo: bool = False
+
+    def __post_init__(self) -> None:
+        checks: list[tuple[bool, str, str]] = [
+            (1 <= self.n <= 128, "n", "n must be between 1 and 128"),
+            (self.max_tokens is None or self.max_tokens >= 1, "max_tokens", "max_tokens must be >= 1"),
+            (0.0 <= self.temperature <= 2.0, "temperature", "temperature must be between 0 and 2"),
+            (0.0 < self.top_p <= 1.0, "top_p", "top_p must be in (0, 1]"),
+            (self.top_k >= -1, "top_k", "top_k must be -1, 0 (disabled) or a positive integer"),
+            (0.0 <= self.min_p <= 1.0, "min_p", "min_p must be between 0 and 1"),
+            (-2.0 <= self.presence_penalty <= 2.0, "presence_penalty", "presence_penalty must be between -2 and 2"),
+            (-2.0 <= self.frequency_penalty <= 2.0, "frequency_penalty", "frequency_penalty must be between -2 and 2"),
+            (0.0 < self.repetition_penalty <= 10.0, "repetition_penalty", "repetition_penalty must be in (0, 10]"),
+            (len(self.stop) <= 16, "stop", "at most 16 stop sequences are allowed"),
+            (all(s for s in self.stop), "stop", "stop sequences must be non-empty strings"),
+            (self.logprobs is None or 0 <= self.logprobs <= 20, "logprobs", "logprobs must be between 0 and 20"),
+            (all(-100.0 <= v <= 100.0 for v in self.logit_bias.values()), "logit_bias",
+             "logit_bias values must be between -100 and 100"),
+            (all(t >= 0 for t in self.logit_bias), "logit_bias", "logit_bias keys must be token ids >= 0"),
+        ]
+        for ok, param, message in checks:
+            if not ok:
+                raise ParamError(param, message)
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+    @property
+    def uses_penalties(self) -> bool:
+        return bool(self.presence_penalty or self.frequency_penalty or self.repetition_penalty != 1.0)
