@@ -95,6 +95,7 @@ class Usage:
     prompt_tokens: int
     completion_tokens: int
     cached_tokens: int = 0
+    queue_time_s: float | None = None  # arrival -> first scheduled, when the backend queues internally
 
 
 StreamEvent = Delta | Usage

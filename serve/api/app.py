@@ -1,0 +1,117 @@
+"""The FastAPI application: routes, auth, error envelope, lifespan (start replicas, health loop)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from serve.api import openai_routes, tokenize_routes
+from serve.api.auth import check_api_key
+from serve.api.errors import APIError
+from serve.api.metrics import Metrics
+from serve.api.state import AppState, to_api_error
+from serve.config import ServerConfig
+from serve.router.router import Router
+
+OPEN_PATHS = {"/health", "/metrics", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
+
+
+def create_app(config: ServerConfig, router: Router) -> FastAPI:
+    metrics = Metrics(stats_source=lambda: _engine_stats(router))
+    state = AppState(config=config, router=router, metrics=metrics)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await router.start()
+        state.ready = True
+        health = asyncio.create_task(router.health_loop(config.health_interval_s))
+        try:
+            yield
+        finally:
+            health.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await health
+            await router.stop()
+
+    app = FastAPI(title="Sluice", version="0.1.0", lifespan=lifespan)
+    app.state.sluice = state
+    _install_errors(app, state)
+    _install_auth(app, config)
+    _routes(app, state)
+    return app
+
+
+def _engine_stats(router: Router) -> Iterable[tuple[str, str, dict]]:
+    for r in router.all_replicas():
+        stats = getattr(r.backend, "stats", None)
+        if callable(stats):
+            yield r.model, r.replica_id, stats()
+
+
+def _install_errors(app: FastAPI, state: AppState) -> None:
+    async def api_error(_: Request, exc: Exception) -> Response:
+        return to_api_error(exc, state).response()
+
+    async def validation(_: Request, exc: Exception) -> Response:
+        return APIError(400, "invalid request").response()
+
+    async def http_error(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+        return APIError(exc.status_code, str(exc.detail), kind=kind).response()
+
+    app.add_exception_handler(Exception, api_error)
+    app.add_exception_handler(APIError, api_error)
+    app.add_exception_handler(RequestValidationError, validation)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+
+
+def _install_auth(app: FastAPI, config: ServerConfig) -> None:
+    @app.middleware("http")
+    async def auth(request: Request, call_next):  # noqa: ANN202 - starlette middleware signature
+        if config.api_key and request.url.path not in OPEN_PATHS:
+            try:
+                check_api_key(request, config.api_key)
+            except APIError as e:
+                return e.response()
+        return await call_next(request)
+
+
+def _routes(app: FastAPI, state: AppState) -> None:
+    app.post("/v1/chat/completions")(openai_routes.chat_completions)
+    app.post("/v1/completions")(openai_routes.completions)
+    app.post("/tokenize")(tokenize_routes.tokenize)
+    app.post("/detokenize")(tokenize_routes.detokenize)
+
+    @app.get("/v1/models")
+    async def models() -> dict:
+        created = int(time.time())
+        return {"object": "list", "data": [
+            {"id": name, "object": "model", "created": created, "owned_by": "sluice",
+             "root": state.router.resolve(name).name}
+            for name in state.router.served()
+        ]}
+
+    @app.get("/health")
+    async def health() -> Response:
+        healthy = [r for r in state.router.all_replicas() if r.healthy]
+        if not state.ready or not healthy:
+            status = "loading" if not state.ready else "unhealthy"
+            return JSONResponse({"status": status}, status_code=503, headers={"Retry-After": "1"})
+        return JSONResponse({"status": "ok", "replicas_healthy": len(healthy)})
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        for r in state.router.all_replicas():
+            state.metrics.replica_healthy.labels(r.model, r.replica_id).set(1.0 if r.healthy else 0.0)
+        for g in state.router.groups.values():
+            state.metrics.waiting.labels(g.name).set(max(0, g.admitted - sum(r.outstanding for r in g.replicas)))
+        return Response(state.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")

@@ -1,0 +1,206 @@
+"""POST /v1/chat/completions and /v1/completions: parse, template, tokenize, route, respond."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
+from typing import Any
+
+from fastapi import Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from serve.api import responses as R
+from serve.api.chat_template import render
+from serve.api.errors import invalid
+from serve.api.metering import metered
+from serve.api.protocol import ChatCompletionRequest, CompletionRequest, _Common, parse
+from serve.api.state import AppState, read_json, to_api_error
+from serve.api.streaming import chain_first, prime, sse, sse_body, until_disconnect
+from serve.backends.base import Backend, Delta, GenerateRequest, ModelInfo, StreamEvent, Unsupported, Usage
+from serve.backends.merge import merge
+from serve.router.replica import Replica
+from serve.sampling_params import SamplingParams
+
+
+def check_supported(req: _Common, info: ModelInfo, backend: str) -> None:
+    for name in sorted(req.set_fields() & info.unsupported):
+        raise Unsupported(name, backend)
+
+
+def fit_context(prompt_len: int, params: SamplingParams, max_len: int) -> SamplingParams:
+    """Fill in max_tokens from the context left, or refuse loudly: never truncate silently."""
+    room = max_len - prompt_len
+    if params.max_tokens is None:
+        if room < 1:
+            raise invalid(f"This model's maximum context length is {max_len} tokens. However, your prompt "
+                          f"has {prompt_len} tokens, leaving no room for output.", "messages",
+                          "context_length_exceeded")
+        return replace(params, max_tokens=room)
+    if prompt_len + params.max_tokens > max_len:
+        raise invalid(f"This model's maximum context length is {max_len} tokens. However, you requested "
+                      f"{prompt_len + params.max_tokens} tokens ({prompt_len} in the prompt, "
+                      f"{params.max_tokens} for the completion). Please reduce the prompt or max_tokens.",
+                      "max_tokens", "context_length_exceeded")
+    return params
+
+
+async def _local_request(backend: Backend, rid: str, params: SamplingParams, prompt: str | list[int],
+                         add_special: bool, model: str, priority: int) -> GenerateRequest:
+    if isinstance(prompt, str):
+        ids = await backend.tokenize(prompt, add_special=add_special)
+        text: str | None = prompt
+    else:
+        ids, text = list(prompt), None
+    if not ids:
+        raise invalid("the prompt is empty", "prompt")
+    params = fit_context(len(ids), params, backend.info.max_model_len)
+    return GenerateRequest(rid, params, prompt=text, prompt_token_ids=tuple(ids), model=model, priority=priority)
+
+
+async def chat_completions(request: Request) -> Response:
+    state: AppState = request.app.state.sluice
+    req: ChatCompletionRequest = parse(ChatCompletionRequest, await read_json(request, state))
+    group = state.resolve(req.model)
+    params = req.sampling_params()
+    messages = [m.flat() for m in req.messages]
+    rid = f"chatcmpl-{uuid.uuid4().hex}"
+
+    async def make(replica: Replica) -> GenerateRequest:
+        backend, info = replica.backend, replica.backend.info
+        check_supported(req, info, backend.name)
+        if not info.templates_locally:
+            return GenerateRequest(rid, params, messages=tuple(messages), model=req.model, priority=req.priority)
+        prompt = render(info.chat_template, messages, info.bos_token, info.eos_token, req.add_generation_prompt)
+        return await _local_request(backend, rid, params, prompt, False, req.model, req.priority)
+
+    prefix_key = "\x00".join(str(m["content"]) for m in messages[:2])[:1024]
+    events = state.router.stream(group, make, prefix_key)
+    return await _respond(request, state, req, group.name, rid, events, _ChatFormat(rid, req))
+
+
+async def completions(request: Request) -> Response:
+    state: AppState = request.app.state.sluice
+    req: CompletionRequest = parse(CompletionRequest, await read_json(request, state))
+    if req.suffix:
+        raise invalid("suffix is not supported", "suffix")
+    group = state.resolve(req.model)
+    params = req.sampling_params()
+    rid = f"cmpl-{uuid.uuid4().hex}"
+    prompts = req.prompts()
+
+    def stream_for(prompt: str | list[int]) -> AsyncIterator[StreamEvent]:
+        async def make(replica: Replica) -> GenerateRequest:
+            check_supported(req, replica.backend.info, replica.backend.name)
+            if not replica.backend.info.templates_locally:
+                if not isinstance(prompt, str):
+                    raise invalid("token-id prompts are not supported by the remote backend", "prompt")
+                return GenerateRequest(rid, params, prompt=prompt, model=req.model, priority=req.priority)
+            return await _local_request(replica.backend, rid, params, prompt, True, req.model, req.priority)
+        key = prompt[:1024] if isinstance(prompt, str) else ",".join(map(str, prompt[:256]))
+        return state.router.stream(group, make, key)
+
+    events = merge([stream_for(p) for p in prompts], [i * params.n for i in range(len(prompts))], False)
+    fmt = _CompletionFormat(rid, req, prompts, params.n)
+    return await _respond(request, state, req, group.name, rid, events, fmt)
+
+
+async def _respond(request: Request, state: AppState, req: _Common, model: str, rid: str,
+                   events: AsyncIterator[StreamEvent], fmt: _Format) -> Response:
+    started = time.monotonic()
+    events = metered(events, state.metrics, model, started)
+    if not req.stream:
+        choices, usage = await until_disconnect(request, _collect(events))
+        return JSONResponse(fmt.response(choices, usage))
+    first, rest = await prime(events)
+    frames = fmt.frames(chain_first(first, rest), req.include_usage)
+    return StreamingResponse(sse_body(frames, lambda e: to_api_error(e, state, model), rest),
+                             media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "X-Request-Id": rid})
+
+
+async def _collect(events: AsyncIterator[StreamEvent]) -> tuple[dict[int, R.ChoiceState], Usage | None]:
+    choices: dict[int, R.ChoiceState] = {}
+    usage = None
+    try:
+        async for ev in events:
+            if isinstance(ev, Usage):
+                usage = ev
+            else:
+                choices.setdefault(ev.index, R.ChoiceState()).add(ev)
+    finally:
+        await events.aclose()  # type: ignore[attr-defined]
+    return choices, usage
+
+
+class _Format:
+    """Turns events into one response or into SSE frames, per endpoint."""
+
+    created: int
+    obj: str
+
+    def response(self, choices: dict[int, R.ChoiceState], usage: Usage | None) -> dict[str, Any]: ...
+
+    def delta_frames(self, ev: Delta, seen: set[int]) -> list[dict[str, Any]]: ...
+
+    async def frames(self, events: AsyncIterator[StreamEvent], include_usage: bool) -> AsyncIterator[str]:
+        seen: set[int] = set()
+        async for ev in events:
+            if isinstance(ev, Usage):
+                if include_usage:
+                    yield sse(R.usage_chunk(self.rid, self.created, self.model, self.obj, ev))
+                continue
+            for chunk in self.delta_frames(ev, seen):
+                yield sse(chunk)
+
+
+class _ChatFormat(_Format):
+    obj = "chat.completion.chunk"
+
+    def __init__(self, rid: str, req: ChatCompletionRequest) -> None:
+        self.rid, self.model, self.created = rid, req.model, int(time.time())
+        self.want_logprobs = req.logprobs
+
+    def response(self, choices: dict[int, R.ChoiceState], usage: Usage | None) -> dict[str, Any]:
+        return R.chat_response(self.rid, self.created, self.model, choices, usage, self.want_logprobs)
+
+    def delta_frames(self, ev: Delta, seen: set[int]) -> list[dict[str, Any]]:
+        out = []
+        mk: Callable[..., dict[str, Any]] = R.chat_chunk
+        if ev.index not in seen:  # OpenAI sends the role once per choice, before any content
+            seen.add(ev.index)
+            out.append(mk(self.rid, self.created, self.model, ev.index, {"role": "assistant", "content": ""}))
+        if ev.text or ev.logprobs:
+            lp = R.chat_logprobs(ev.logprobs) if (self.want_logprobs and ev.logprobs) else None
+            out.append(mk(self.rid, self.created, self.model, ev.index, {"content": ev.text}, logprobs=lp))
+        if ev.finish_reason:
+            out.append(mk(self.rid, self.created, self.model, ev.index, {}, ev.finish_reason))
+        return out
+
+
+class _CompletionFormat(_Format):
+    obj = "text_completion"
+
+    def __init__(self, rid: str, req: CompletionRequest, prompts: list[str | list[int]], n: int) -> None:
+        self.rid, self.model, self.created = rid, req.model, int(time.time())
+        self.want_logprobs = req.logprobs is not None
+        self.echo = {i * n + j: p for i, p in enumerate(prompts) for j in range(n) if req.echo and isinstance(p, str)}
+        self.offsets: dict[int, int] = {}
+
+    def response(self, choices: dict[int, R.ChoiceState], usage: Usage | None) -> dict[str, Any]:
+        return R.completion_response(self.rid, self.created, self.model, choices, usage, self.want_logprobs,
+                                     self.echo)
+
+    def delta_frames(self, ev: Delta, seen: set[int]) -> list[dict[str, Any]]:
+        text = ev.text
+        if ev.index not in seen:
+            seen.add(ev.index)
+            text = self.echo.get(ev.index, "") + text
+        lp = None
+        if self.want_logprobs and ev.logprobs:
+            lp = R.completion_logprobs(list(ev.logprobs), self.offsets.get(ev.index, 0))
+        self.offsets[ev.index] = self.offsets.get(ev.index, 0) + len(text)
+        if not text and not ev.finish_reason and lp is None:
+            return []
+        return [R.completion_chunk(self.rid, self.created, self.model, ev.index, text, ev.finish_reason, lp)]

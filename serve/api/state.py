@@ -1,0 +1,78 @@
+"""Per-app state and the request plumbing every route shares: body limits and error mapping."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import Request
+
+from serve.api.chat_template import ChatTemplateError
+from serve.api.errors import APIError
+from serve.api.metrics import Metrics
+from serve.backends.base import BackendError
+from serve.config import ServerConfig
+from serve.router.router import ModelGroup, Overloaded, Router, UnknownModel
+from serve.sampling_params import ParamError
+
+log = logging.getLogger("sluice.api")
+
+
+@dataclass
+class AppState:
+    config: ServerConfig
+    router: Router
+    metrics: Metrics
+    ready: bool = False
+
+    def resolve(self, model: str) -> ModelGroup:
+        try:
+            return self.router.resolve(model)
+        except UnknownModel as e:
+            raise APIError(404, str(e), param="model", code="model_not_found") from e
+
+
+async def read_json(request: Request, state: AppState) -> Any:
+    limit = state.config.max_body_bytes
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise APIError(413, f"request body of {declared} bytes exceeds the limit of {limit} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise APIError(413, f"request body exceeds the limit of {limit} bytes")
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise APIError(400, f"request body is not valid JSON: {e}") from e
+    if not isinstance(data, dict):
+        raise APIError(400, "request body must be a JSON object")
+    return data
+
+
+def to_api_error(exc: BaseException, state: AppState | None = None, model: str = "") -> APIError:
+    """Map any failure onto the OpenAI envelope; unexpected ones are logged, never leaked."""
+    err = _map(exc)
+    if state is not None:
+        state.metrics.errors.labels(model or "-", err.kind).inc()
+    return err
+
+
+def _map(exc: BaseException) -> APIError:
+    if isinstance(exc, APIError):
+        return exc
+    if isinstance(exc, Overloaded):
+        return APIError(503, str(exc), kind="service_unavailable", code="overloaded",
+                        headers={"Retry-After": "1"})
+    if isinstance(exc, BackendError):
+        headers = {"Retry-After": "1"} if exc.status == 503 else None
+        return APIError(exc.status, str(exc), param=exc.param, code=exc.code, kind=exc.kind, headers=headers)
+    if isinstance(exc, ChatTemplateError):
+        return APIError(400, str(exc), param="messages")
+    if isinstance(exc, ParamError):
+        return APIError(400, str(exc), param=exc.param)
+    log.exception("unexpected error", exc_info=exc)
+    return APIError(500, f"internal error: {type(exc).__name__}")

@@ -1,0 +1,42 @@
+"""POST /tokenize and /detokenize (vLLM's shape): with the model's own tokenizer and chat template."""
+
+from __future__ import annotations
+
+from fastapi import Request
+
+from serve.api.chat_template import render
+from serve.api.errors import invalid
+from serve.api.protocol import DetokenizeRequest, TokenizeRequest, parse
+from serve.api.state import AppState, read_json
+from serve.router.router import ModelGroup
+
+
+def _group(state: AppState, model: str | None) -> ModelGroup:
+    if model:
+        return state.resolve(model)
+    return next(iter(state.router.groups.values()))
+
+
+async def tokenize(request: Request) -> dict:
+    state: AppState = request.app.state.sluice
+    req: TokenizeRequest = parse(TokenizeRequest, await read_json(request, state))
+    group = _group(state, req.model)
+    replica = state.router.pick(group, "")
+    info = replica.backend.info
+    if req.messages is not None:
+        messages = [m.flat() for m in req.messages]
+        text = render(info.chat_template, messages, info.bos_token, info.eos_token, req.add_generation_prompt)
+        add_special = False
+    elif req.prompt is not None:
+        text, add_special = req.prompt, req.add_special_tokens
+    else:
+        raise invalid("give either 'prompt' or 'messages'", "prompt")
+    tokens = await replica.backend.tokenize(text, add_special=add_special)
+    return {"tokens": tokens, "count": len(tokens), "max_model_len": info.max_model_len}
+
+
+async def detokenize(request: Request) -> dict:
+    state: AppState = request.app.state.sluice
+    req: DetokenizeRequest = parse(DetokenizeRequest, await read_json(request, state))
+    replica = state.router.pick(_group(state, req.model), "")
+    return {"prompt": await replica.backend.detokenize(req.tokens)}

@@ -1,0 +1,265 @@
+"""Continuous batching over llama.cpp's C API: one context, one sequence id per slot.
+
+Every step packs decode tokens of running sequences and prompt chunks of new ones (chunked prefill,
+bounded by `n_batch`) into a single `llama_decode`. A new request takes the free slot whose cached
+tokens share the longest prefix with its prompt and computes only the rest (per-slot prefix reuse,
+as llama-server does). The loop runs in its own thread; llama.cpp releases the GIL while it computes.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import llama_cpp
+import numpy as np
+from llama_cpp import _internals, _logger
+
+from serve.backends.np_sampler import RowSampler
+from serve.backends.text_stream import TextStream
+from serve.sampling_params import SamplingParams
+
+log = logging.getLogger("sluice.llamacpp")
+
+
+@dataclass(frozen=True)
+class LlamaCppOptions:
+    model_path: str
+    n_parallel: int = 8  # sequences decoded together (slots)
+    n_ctx_per_seq: int = 4096  # context of each slot: the max model length we advertise
+    n_batch: int = 512  # tokens per llama_decode (the step's token budget)
+    n_threads: int | None = None  # default: every core
+
+    def __post_init__(self) -> None:
+        if self.n_parallel < 1 or self.n_ctx_per_seq < 16 or self.n_batch < self.n_parallel:
+            raise ValueError("need n_parallel >= 1, n_ctx_per_seq >= 16 and n_batch >= n_parallel")
+
+
+@dataclass(frozen=True)
+class Finished:
+    reason: str  # "stop" | "length" | "abort" | "error"
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    queue_time: float = 0.0
+    cached_tokens: int = 0
+    tail: str = ""  # text held back for a possible stop string, released at the end
+    error: str = ""
+
+
+@dataclass
+class Job:
+    """One sequence to generate. `emit(kind, payload)` is called from the engine thread."""
+
+    req_id: str
+    prompt: list[int]
+    params: SamplingParams
+    emit: Callable[[str, object], None]  # ("token", (text, token_id, logprob, top)) | ("done", Finished)
+    seed_offset: int = 0
+    arrival: float = field(default_factory=time.monotonic)
+    # Filled in by the engine.
+    slot: int = -1
+    pending: list[int] = field(default_factory=list)
+    pos: int = 0
+    n_out: int = 0
+    cached: int = 0
+    queue_time: float = 0.0
+    sampler: RowSampler | None = None
+    text: TextStream | None = None
+
+
+class LlamaCppEngine:
+    def __init__(self, opts: LlamaCppOptions) -> None:
+        self.opts = opts
+        _logger.set_verbose(False)  # llama.cpp logs every graph build at debug level otherwise
+        mparams = llama_cpp.llama_model_default_params()
+        self.model = _internals.LlamaModel(path_model=opts.model_path, params=mparams, verbose=False)
+        cparams = llama_cpp.llama_context_default_params()
+        cparams.n_ctx = opts.n_ctx_per_seq * opts.n_parallel
+        cparams.n_batch = cparams.n_ubatch = opts.n_batch
+        cparams.n_seq_max = opts.n_parallel
+        cparams.kv_unified = False  # each slot attends only over its own cells
+        threads = opts.n_threads or _cores()
+        cparams.n_threads = cparams.n_threads_batch = threads
+        self.ctx = _internals.LlamaContext(model=self.model, params=cparams, verbose=False)
+        self.batch = _internals.LlamaBatch(n_tokens=opts.n_batch, embd=0, n_seq_max=1, verbose=False)
+        self.n_vocab = self.model.n_vocab()
+        self.eog = {t for t in range(self.n_vocab) if llama_cpp.llama_vocab_is_eog(self.model.vocab, t)}
+        # Token bytes, looked up once: plain pieces for output text, special ones for logprob labels.
+        self.pieces = [_piece(self.model.vocab, t, False) for t in range(self.n_vocab)]
+        self.special_pieces = [_piece(self.model.vocab, t, True) for t in range(self.n_vocab)]
+        self.slot_tokens: list[list[int]] = [[] for _ in range(opts.n_parallel)]
+        self.slot_used_at = [0.0] * opts.n_parallel
+        self.running: dict[int, Job] = {}
+        self.waiting: deque[Job] = deque()
+        self._cv = threading.Condition()
+        self._aborts: set[str] = set()
+        self._stop = False
+        self._thread = threading.Thread(target=self._loop, name="llamacpp-engine", daemon=True)
+        self._thread.start()
+
+    # ---- called from other threads -------------------------------------------------------------
+    def submit(self, job: Job) -> None:
+        with self._cv:
+            self.waiting.append(job)
+            self._cv.notify()
+
+    def abort(self, req_id: str) -> None:
+        with self._cv:
+            self._aborts.add(req_id)
+            self._cv.notify()
+
+    def close(self) -> None:
+        with self._cv:
+            self._stop = True
+            self._cv.notify()
+        self._thread.join(timeout=10)
+
+    def stats(self) -> dict[str, float]:
+        return {"num_requests_running": len(self.running), "num_requests_waiting": len(self.waiting)}
+
+    # ---- engine thread ---------------------------------------------------------------------------
+    def _loop(self) -> None:
+        while True:
+            with self._cv:
+                while not self._stop and not self.running and not self.waiting:
+                    self._cv.wait()
+                if self._stop:
+                    break
+                self._reap_aborted()
+                self._admit()
+            if self.running:
+                try:
+                    self._step()
+                except Exception as e:  # noqa: BLE001 - fail the batch's requests, keep serving
+                    log.exception("llama_decode step failed")
+                    for slot in list(self.running):
+                        self._finish(slot, "error", str(e))
+        for slot in list(self.running):
+            self._finish(slot, "abort")
+        for job in self.waiting:
+            job.emit("done", Finished("abort", len(job.prompt)))
+
+    def _reap_aborted(self) -> None:
+        """Under the lock: apply aborts requested by other threads (only this thread mutates jobs)."""
+        if not self._aborts:
+            return
+        for job in [j for j in self.waiting if j.req_id in self._aborts]:
+            self.waiting.remove(job)
+            job.emit("done", Finished("abort", len(job.prompt)))
+        for slot in [s for s, j in self.running.items() if j.req_id in self._aborts]:
+            self._finish(slot, "abort")
+        self._aborts.clear()
+
+    def _admit(self) -> None:
+        free = [s for s in range(self.opts.n_parallel) if s not in self.running]
+        while self.waiting and free:
+            job = self.waiting.popleft()
+            slot = max(free, key=lambda s: (_common_prefix(self.slot_tokens[s], job.prompt), -self.slot_used_at[s]))
+            free.remove(slot)
+            self._place(job, slot)
+
+    def _place(self, job: Job, slot: int) -> None:
+        common = _common_prefix(self.slot_tokens[slot], job.prompt)
+        common = min(common, len(job.prompt) - 1)  # recompute at least one token to get its logits
+        self.ctx.kv_cache_seq_rm(slot, common, -1)
+        self.slot_tokens[slot] = job.prompt[:common]
+        job.slot, job.pos, job.cached, job.pending = slot, common, common, job.prompt[common:]
+        job.queue_time = time.monotonic() - job.arrival
+        job.sampler = RowSampler(job.params, job.prompt, self.n_vocab, job.seed_offset)
+        job.text = TextStream(job.params.stop)
+        self.running[slot] = job
+
+    def _step(self) -> None:
+        """Pack decodes first (one token each), then prompt chunks, up to n_batch tokens."""
+        b = self.batch.batch
+        n = 0
+        wants: list[tuple[int, int]] = []  # (slot, batch row) whose logits we sample
+        order = sorted(self.running.values(), key=lambda j: (len(j.pending) > 1, j.arrival))
+        for job in order:
+            take = min(len(job.pending), self.opts.n_batch - n)
+            if take <= 0:
+                break
+            for i in range(take):
+                b.token[n], b.pos[n], b.n_seq_id[n] = job.pending[i], job.pos + i, 1
+                b.seq_id[n][0] = job.slot
+                b.logits[n] = False
+                n += 1
+            self.slot_tokens[job.slot].extend(job.pending[:take])
+            job.pos += take
+            del job.pending[:take]
+            if not job.pending:
+                b.logits[n - 1] = True
+                wants.append((job.slot, n - 1))
+        b.n_tokens = n
+        self.ctx.decode(self.batch)
+        for slot, row in wants:
+            self._sample(self.running[slot], row)
+
+    def _sample(self, job: Job, row: int) -> None:
+        ptr = self.ctx.get_logits_ith(row)
+        logits = np.ctypeslib.as_array(ctypes.cast(ptr, ctypes.POINTER(ctypes.c_float)), shape=(self.n_vocab,))
+        assert job.sampler is not None and job.text is not None
+        token, lp, top = job.sampler.sample(logits)
+        job.sampler.accept(token)
+        job.n_out += 1
+        p = job.params
+        is_stop_token = (token in self.eog and not p.ignore_eos) or token in p.stop_token_ids
+        piece = b"" if is_stop_token else self.pieces[token]
+        text = job.text.push(piece)
+        job.emit("token", (text, token, lp, top))
+        self.slot_used_at[job.slot] = time.monotonic()
+        if is_stop_token or job.text.stopped:
+            self._finish(job.slot, "stop")
+        elif job.n_out >= (p.max_tokens or 1 << 30) or job.pos + 1 >= self.opts.n_ctx_per_seq:
+            self._finish(job.slot, "length")
+        else:
+            job.pending = [token]
+
+    def _finish(self, slot: int, reason: str, detail: str = "") -> None:
+        job = self.running.pop(slot)
+        tail = job.text.flush() if (job.text and reason == "length") else ""
+        if reason in ("abort", "error"):
+            # The slot's KV may hold a half-written chunk: forget it rather than trust it.
+            self.ctx.kv_cache_seq_rm(slot, -1, -1)
+            self.slot_tokens[slot] = []
+        job.emit("done", Finished(reason, len(job.prompt), job.n_out, job.queue_time, job.cached, tail, detail))
+
+    # ---- tokenizer (thread-safe: reads the vocabulary only) --------------------------------------
+    def tokenize(self, text: str, add_special: bool) -> list[int]:
+        return self.model.tokenize(text.encode("utf-8"), add_bos=add_special, special=True)
+
+    def detokenize(self, ids: list[int]) -> str:
+        if any(not 0 <= t < self.n_vocab for t in ids):
+            raise ValueError(f"token ids must be in [0, {self.n_vocab})")
+        return b"".join(self.pieces[t] for t in ids).decode("utf-8", errors="replace")
+
+    def token_text(self, token: int) -> str:
+        return self.special_pieces[token].decode("utf-8", errors="replace")
+
+
+def _piece(vocab: object, token: int, special: bool) -> bytes:
+    buf = ctypes.create_string_buffer(64)
+    n = llama_cpp.llama_token_to_piece(vocab, token, buf, len(buf), 0, special)
+    if n < 0:  # buffer too small: -n is the size needed
+        buf = ctypes.create_string_buffer(-n)
+        n = llama_cpp.llama_token_to_piece(vocab, token, buf, len(buf), 0, special)
+    return buf.raw[:n]
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+def _cores() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

@@ -1,0 +1,87 @@
+"""`sluice serve`: build the router from flags or a config file, then run the HTTP server."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Any
+
+from serve import model_store
+from serve.config import BACKENDS, DEFAULT_MODEL, POLICIES, ModelConfig, ReplicaSpec, ServerConfig
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="serve models over an OpenAI-compatible HTTP API")
+    p.add_argument("--model", default=None, help=f"catalog name or local path (default: {DEFAULT_MODEL})")
+    p.add_argument("--backend", default="llamacpp", choices=BACKENDS)
+    p.add_argument("--config", default=None, help="TOML or YAML file declaring models and replicas")
+    p.add_argument("--host", default=None, help="bind address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=None, help="port (default 8000)")
+    p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY'")
+    p.add_argument("--served-model-name", default=None, help="name clients use (default: catalog name / file stem)")
+    p.add_argument("--replicas", type=int, default=1, help="replicas of the model on this backend")
+    p.add_argument("--policy", default="least-outstanding", choices=POLICIES)
+    p.add_argument("--max-outstanding", type=int, default=256, help="admitted requests before 503")
+    p.add_argument("--url", default=None, help="remote backend: upstream base URL (…/v1)")
+    p.add_argument("--upstream-api-key", default=None, help="remote backend: bearer token for the upstream")
+    p.add_argument("--option", "-o", action="append", default=[], metavar="KEY=VALUE",
+                   help="backend option, repeatable (e.g. n_parallel=8, dtype=bfloat16)")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.set_defaults(func=run)
+
+
+def _parse_options(items: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--option expects KEY=VALUE, got {item!r}")
+        out[key] = _coerce(value)
+    return out
+
+
+def _coerce(value: str) -> Any:
+    low = value.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    for cast in (int, float):
+        try:
+            return cast(value)
+        except ValueError:
+            pass
+    return value
+
+
+def build_config(args: argparse.Namespace) -> ServerConfig:
+    overrides = {"host": args.host, "port": args.port, "api_key": args.api_key, "log_level": args.log_level}
+    if args.config:
+        from serve.config_file import load_config
+
+        return load_config(args.config, overrides)
+    model = args.model or DEFAULT_MODEL
+    if args.backend != "remote":
+        model_store.resolve(model)  # pull now, so a bad name or path fails here in one line
+    spec = ReplicaSpec(backend=args.backend, model=model, url=args.url, api_key=args.upstream_api_key,
+                       options=_parse_options(args.option))
+    name = args.served_model_name or model_store.served_name(model)
+    mc = ModelConfig(name=name, replicas=(spec,) * args.replicas, policy=args.policy,
+                     max_outstanding=args.max_outstanding)
+    return ServerConfig(models=(mc,), **{k: v for k, v in overrides.items() if v is not None})
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        config = build_config(args)
+        from serve.server import build_app
+
+        app = build_app(config)
+    except (ValueError, model_store.ModelNotFound) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    import uvicorn
+
+    uvicorn.run(app, host=config.host, port=config.port, log_level=config.log_level,
+                timeout_graceful_shutdown=5, access_log=False)
+    return 0
