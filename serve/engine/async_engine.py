@@ -1,0 +1,154 @@
+"""AsyncEngine: the LLMEngine step loop in its own thread, streams per request on the event loop.
+
+Threading model: only the engine thread touches the LLMEngine (no lock held across a forward pass).
+The event loop hands it commands through a thread-safe deque and wakes it with an Event; the thread
+hands back each step's outputs with one `call_soon_threadsafe` per step, which routes them to
+per-request asyncio queues. With nothing to do the thread blocks on the Event (no busy spin).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any
+
+from serve.engine.engine import LLMEngine
+from serve.engine.outputs import RequestOutput
+from serve.sampling_params import SamplingParams
+
+log = logging.getLogger(__name__)
+
+
+class EngineDead(RuntimeError):
+    """The engine thread has stopped; no request can run."""
+
+
+class AsyncEngine:
+    def __init__(self, engine: LLMEngine) -> None:
+        self.engine = engine
+        self._commands: deque[Callable[[], list[RequestOutput]]] = deque()
+        self._wake = threading.Event()
+        self._streams: dict[str, asyncio.Queue[RequestOutput | BaseException]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self._stats: dict[str, float | int] = engine.stats()
+
+    def start(self) -> None:
+        """Start the engine thread; call from the event loop that will consume the streams."""
+        if self._thread is not None:
+            return
+        self._loop = asyncio.get_running_loop()
+        self._thread = threading.Thread(target=self._run, name="sluice-engine", daemon=True)
+        self._thread.start()
+
+    async def stop(self) -> None:
+        """Stop the thread; every open stream ends with finish_reason 'abort'."""
+        self._stopping = True
+        self._wake.set()
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join)
+            self._thread = None
+        for rid in list(self._streams):
+            for out in self.engine.abort_request(rid):
+                self._streams[rid].put_nowait(out)
+
+    @property
+    def is_running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def stats(self) -> dict[str, float | int]:
+        """A snapshot published by the engine thread after each step (safe to read from anywhere)."""
+        return self._stats
+
+    def add_request(self, req_id: str, prompt_token_ids: Sequence[int], params: SamplingParams,
+                    **kwargs: Any) -> AsyncIterator[RequestOutput]:
+        """Queue a request; iterate the result for its outputs (all n samples, interleaved).
+
+        Raises RequestRejected here, before anything is queued, when it can never run. Closing the
+        iterator early aborts the request.
+        """
+        if not self.is_running:
+            raise EngineDead("the native engine is not running")
+        if req_id in self._streams:
+            raise ValueError(f"request id {req_id!r} is already in use")
+        self.engine.validate(len(prompt_token_ids), params)
+        stream: asyncio.Queue[RequestOutput | BaseException] = asyncio.Queue()
+        self._streams[req_id] = stream
+        prompt = list(prompt_token_ids)
+
+        def add() -> list[RequestOutput]:
+            try:
+                self.engine.add_request(req_id, prompt, params, **kwargs)
+            except Exception as exc:  # reported to the caller's stream, never kills the thread
+                self._deliver_error(req_id, exc)
+            return []
+
+        self._submit(add)
+        return self._iterate(req_id, stream, params.n)
+
+    async def _iterate(self, req_id: str, stream: asyncio.Queue[RequestOutput | BaseException],
+                       n: int) -> AsyncIterator[RequestOutput]:
+        remaining = n
+        try:
+            while remaining:
+                item = await stream.get()
+                if isinstance(item, BaseException):
+                    raise item
+                if item.finished:
+                    remaining -= 1
+                yield item
+        finally:
+            if remaining:
+                self.abort(req_id)
+            self._streams.pop(req_id, None)
+
+    def abort(self, req_id: str) -> None:
+        """Abort a request (all its samples); its blocks are freed before the next step."""
+        self._submit(lambda: self.engine.abort_request(req_id))
+
+    def _submit(self, command: Callable[[], list[RequestOutput]]) -> None:
+        self._commands.append(command)  # deque.append is atomic: no lock needed
+        self._wake.set()
+
+    def _deliver_error(self, req_id: str, exc: BaseException) -> None:
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._push, req_id, exc)
+
+    def _push(self, req_id: str, item: RequestOutput | BaseException) -> None:
+        stream = self._streams.get(req_id)
+        if stream is not None:
+            stream.put_nowait(item)
+
+    def _dispatch(self, outputs: list[RequestOutput]) -> None:
+        for out in outputs:
+            self._push(out.group_id, out)
+
+    def _run(self) -> None:
+        while not self._stopping:
+            self._wake.clear()  # before draining: a command queued after this sets it again
+            outputs: list[RequestOutput] = []
+            while self._commands:
+                outputs.extend(self._commands.popleft()())
+            idle = not self.engine.has_unfinished()
+            if not idle:
+                outputs.extend(self._step())
+            self._stats = self.engine.stats()
+            if outputs and self._loop is not None and not self._loop.is_closed():
+                self._loop.call_soon_threadsafe(self._dispatch, outputs)
+            if idle and not outputs:
+                self._wake.wait()
+
+    def _step(self) -> list[RequestOutput]:
+        try:
+            outputs = self.engine.step()
+        except Exception:  # a scheduler bug must not kill the loop silently: fail everything, go on
+            log.exception("engine step failed; aborting all requests")
+            outputs = self.engine.abort_all()
+        if self.engine.last_step_size == 0 and self.engine.has_unfinished():
+            self._wake.wait(0.005)  # nothing schedulable this step: do not spin
+        return outputs

@@ -1,0 +1,142 @@
+"""LLMEngine: one synchronous step = schedule -> runner.execute -> update -> outputs.
+
+The engine speaks token ids and dataclasses. It owns the scheduler and (when a tokenizer is given)
+one incremental detokenizer per sample, which is what makes stop strings work.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from serve.engine.batch import RunnerOutput, StepBatch
+from serve.engine.config import EngineConfig, SchedulerConfig
+from serve.engine.detokenizer import IncrementalDetokenizer, make_decode
+from serve.engine.outputs import RequestOutput, make_output
+from serve.engine.request import Request
+from serve.engine.scheduler import Scheduler
+from serve.sampling_params import SamplingParams
+
+log = logging.getLogger(__name__)
+
+
+class Runner(Protocol):
+    """What the engine needs of the data plane (serve.worker.model_runner.ModelRunner)."""
+
+    num_blocks: int
+    block_size: int
+    max_model_len: int
+    eos_token_ids: tuple[int, ...]
+    tokenizer: Any
+
+    def execute(self, batch: StepBatch) -> RunnerOutput: ...
+
+
+def sample_ids(req_id: str, n: int) -> list[str]:
+    """Ids of the n samples of a client request: the id itself when n == 1."""
+    return [req_id] if n == 1 else [f"{req_id}#{i}" for i in range(n)]
+
+
+class LLMEngine:
+    def __init__(self, runner: Runner, scheduler_config: SchedulerConfig | None = None,
+                 enable_prefix_caching: bool = True, detokenize: bool = True) -> None:
+        self.runner = runner
+        self.scheduler = Scheduler(scheduler_config or SchedulerConfig(), num_blocks=runner.num_blocks,
+                                   block_size=runner.block_size, max_model_len=runner.max_model_len,
+                                   enable_prefix_caching=enable_prefix_caching,
+                                   eos_token_ids=tuple(runner.eos_token_ids))
+        tokenizer = getattr(runner, "tokenizer", None)
+        self._decode = make_decode(tokenizer) if detokenize and tokenizer is not None else None
+        self._groups: dict[str, list[str]] = {}  # client request id -> its sample ids
+        self.num_steps = 0
+        self.last_step_size = 0  # sequences in the last scheduled batch
+
+    @classmethod
+    def from_config(cls, config: EngineConfig) -> LLMEngine:
+        from serve.worker.model_runner import ModelRunner, RunnerConfig  # the data plane: torch
+
+        runner = ModelRunner(RunnerConfig(**config.runner_kwargs()))
+        return cls(runner, config.scheduler, config.cache.enable_prefix_caching)
+
+    def validate(self, num_prompt_tokens: int, params: SamplingParams) -> int:
+        """Resolved max_tokens, or RequestRejected. Reads only fixed sizes: safe from any thread."""
+        return self.scheduler.resolve_max_tokens(num_prompt_tokens, params)
+
+    def add_request(self, req_id: str, prompt_token_ids: Sequence[int], params: SamplingParams, *,
+                    priority: int = 0, arrival_time: float | None = None,
+                    extra_stop_token_ids: Sequence[int] = (), cache_salt: str | None = None) -> list[str]:
+        """Queue a client request (n samples). Returns the sample ids. Raises RequestRejected."""
+        if req_id in self._groups:
+            raise ValueError(f"request id {req_id!r} is already in use")
+        max_tokens = self.validate(len(prompt_token_ids), params)
+        if extra_stop_token_ids:
+            merged = tuple(dict.fromkeys((*params.stop_token_ids, *extra_stop_token_ids)))
+            params = dataclasses.replace(params, stop_token_ids=merged)
+        ids = sample_ids(req_id, params.n)
+        group = [Request(rid, list(prompt_token_ids), params, max_tokens, group_id=req_id, sample_index=i,
+                         priority=priority, arrival_time=arrival_time, cache_salt=cache_salt)
+                 for i, rid in enumerate(ids)]
+        if self._decode is not None:
+            for req in group:
+                req.detokenizer = IncrementalDetokenizer(self._decode, req.prompt_token_ids, params.stop)
+        self.scheduler.add_requests(group)
+        self._groups[req_id] = ids
+        return ids
+
+    def abort_request(self, req_id: str) -> list[RequestOutput]:
+        """Abort a client request (all its samples) or one sample id. Frees blocks now."""
+        ids = self._groups.get(req_id, [req_id])
+        outputs = [make_output(r, []) for r in self.scheduler.abort(ids)]
+        self._forget(outputs)
+        return outputs
+
+    def abort_all(self) -> list[RequestOutput]:
+        return [out for rid in list(self._groups) for out in self.abort_request(rid)]
+
+    def has_unfinished(self) -> bool:
+        return self.scheduler.has_unfinished()
+
+    def step(self) -> list[RequestOutput]:
+        batch = self.scheduler.schedule()
+        self.last_step_size = len(batch.seqs)
+        if not batch.seqs:
+            self.scheduler.requeue_finished_ids(batch.finished_req_ids)
+            return []
+        self.num_steps += 1
+        try:
+            result = self.runner.execute(batch)
+        except Exception as exc:
+            log.exception("model runner failed; aborting the %d requests of this step", len(batch.seqs))
+            return self._fail([s.req_id for s in batch.seqs], f"model runner failed: {exc}")
+        outputs = [make_output(req, ids) for req, ids in self.scheduler.update(batch, result)]
+        self._forget(outputs)
+        return outputs
+
+    def _fail(self, req_ids: list[str], message: str) -> list[RequestOutput]:
+        outputs = [make_output(r, [], error=message) for r in self.scheduler.abort(req_ids)]
+        self._forget(outputs)
+        return outputs
+
+    def _forget(self, outputs: list[RequestOutput]) -> None:
+        """Drop group bookkeeping once every sample of a group has finished."""
+        for out in outputs:
+            if out.finished and out.group_id in self._groups:
+                ids = self._groups[out.group_id]
+                if all(i not in self.scheduler.requests for i in ids):
+                    del self._groups[out.group_id]
+
+    def stats(self) -> dict[str, float | int]:
+        return {**self.scheduler.stats(), "num_steps": self.num_steps}
+
+    def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> list[list[RequestOutput]]:
+        """Run prompts to completion (tests, offline use). Returns every output, per prompt."""
+        names = [f"gen-{i}" for i in range(len(prompts))]
+        for name, prompt in zip(names, prompts, strict=True):
+            self.add_request(name, prompt, params)
+        collected: dict[str, list[RequestOutput]] = {n: [] for n in names}
+        while self.has_unfinished():
+            for out in self.step():
+                collected[out.group_id].append(out)
+        return [collected[n] for n in names]
