@@ -1,0 +1,29 @@
+"""RMSNorm with an optional fused residual add (the pre-norm Llama block adds, then normalises)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, hidden_size: int, eps: float, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(hidden_size, dtype=dtype), requires_grad=False)
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """x, residual: [T, H]. Returns (norm(x + residual), x + residual); the sum is the next residual.
+
+        Statistics are taken in float32 and the normalised value is cast back before the weight
+        multiply, as Hugging Face's LlamaRMSNorm does, so bf16 results agree with it.
+        """
+        if residual is not None:
+            x = x + residual
+        if x.dtype == torch.float32:
+            return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps), x
+        x32 = x.float()
+        normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * normed.to(x.dtype), x

@@ -1,0 +1,52 @@
+"""The quant-method protocol: how a linear layer stores its weight and multiplies by it.
+
+A `Linear` owns no weight layout of its own; its `QuantMethod` creates the parameters, receives the
+full-precision rows of each shard (fused QKV / gate-up layers have several), may repack them once
+everything is loaded, and performs the matmul. New methods (int8, int4, GPTQ) register a name here and
+the model code does not change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+import torch
+from torch import nn
+
+
+class QuantMethod(Protocol):
+    name: str
+
+    def create_weights(self, layer: nn.Module, in_features: int, out_features: int,
+                       params_dtype: torch.dtype) -> None:
+        """Register the layer's parameters/buffers for a [out_features, in_features] weight."""
+        ...
+
+    def load_rows(self, layer: nn.Module, rows: torch.Tensor, row_offset: int) -> None:
+        """Copy full-precision weight rows [n, in_features] into output rows [row_offset, row_offset + n)."""
+        ...
+
+    def finalize(self, layer: nn.Module) -> None:
+        """Called once after every shard is loaded (repacking, scale computation)."""
+        ...
+
+    def apply(self, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """x: [..., in_features] in the activation dtype -> [..., out_features] in the same dtype."""
+        ...
+
+
+_REGISTRY: dict[str, Callable[[], QuantMethod]] = {}
+
+
+def register_quant_method(name: str, factory: Callable[[], QuantMethod]) -> None:
+    _REGISTRY[name] = factory
+
+
+def get_quant_method(name: str) -> QuantMethod:
+    if name not in _REGISTRY:
+        # Built-in methods register on import; import here so callers need not know module names.
+        from serve.layers.quant import unquantized  # noqa: F401
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown quantization method {name!r}; available: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name]()
