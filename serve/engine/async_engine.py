@@ -12,7 +12,7 @@ import asyncio
 import logging
 import threading
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from serve.engine.engine import LLMEngine
@@ -65,7 +65,7 @@ class AsyncEngine:
         return self._stats
 
     def add_request(self, req_id: str, prompt_token_ids: Sequence[int], params: SamplingParams,
-                    **kwargs: Any) -> AsyncIterator[RequestOutput]:
+                    **kwargs: Any) -> RequestStream:
         """Queue a request; iterate the result for its outputs (all n samples, interleaved).
 
         Raises RequestRejected here, before anything is queued, when it can never run. Closing the
@@ -88,27 +88,16 @@ class AsyncEngine:
             return []
 
         self._submit(add)
-        return self._iterate(req_id, stream, params.n)
-
-    async def _iterate(self, req_id: str, stream: asyncio.Queue[RequestOutput | BaseException],
-                       n: int) -> AsyncIterator[RequestOutput]:
-        remaining = n
-        try:
-            while remaining:
-                item = await stream.get()
-                if isinstance(item, BaseException):
-                    raise item
-                if item.finished:
-                    remaining -= 1
-                yield item
-        finally:
-            if remaining:
-                self.abort(req_id)
-            self._streams.pop(req_id, None)
+        return RequestStream(self, req_id, stream, params.n)
 
     def abort(self, req_id: str) -> None:
         """Abort a request (all its samples); its blocks are freed before the next step."""
         self._submit(lambda: self.engine.abort_request(req_id))
+
+    def _close_stream(self, req_id: str, finished: bool) -> None:
+        self._streams.pop(req_id, None)
+        if not finished:
+            self.abort(req_id)
 
     def _submit(self, command: Callable[[], list[RequestOutput]]) -> None:
         self._commands.append(command)  # deque.append is atomic: no lock needed
@@ -152,3 +141,37 @@ class AsyncEngine:
         if self.engine.last_step_size == 0 and self.engine.has_unfinished():
             self._wake.wait(0.005)  # nothing schedulable this step: do not spin
         return outputs
+
+
+class RequestStream:
+    """Outputs of one request (all n samples, interleaved). `aclose()` before the end aborts it;
+    unlike an async generator it does so even when iteration never started."""
+
+    def __init__(self, owner: AsyncEngine, req_id: str, queue: asyncio.Queue[RequestOutput | BaseException],
+                 n: int) -> None:
+        self.req_id = req_id
+        self._owner = owner
+        self._queue = queue
+        self._remaining = n
+        self._closed = False
+
+    def __aiter__(self) -> RequestStream:
+        return self
+
+    async def __anext__(self) -> RequestOutput:
+        if self._closed or not self._remaining:
+            await self.aclose()
+            raise StopAsyncIteration
+        item = await self._queue.get()
+        if isinstance(item, BaseException):
+            self._remaining = 0  # the engine never admitted it: nothing to abort
+            await self.aclose()
+            raise item
+        if item.finished:
+            self._remaining -= 1
+        return item
+
+    async def aclose(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._owner._close_stream(self.req_id, finished=not self._remaining)

@@ -8,7 +8,7 @@ from serve.engine.batch import SampledToken
 from serve.engine.request import Request
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # not frozen: built per request per step, and frozen init costs 2x
 class RequestOutput:
     req_id: str
     group_id: str  # the client request; n > 1 samples share it

@@ -81,10 +81,13 @@ class KVCacheManager:
         num_computed_tokens does not include them yet. Returns False, changing nothing, when the pool
         cannot supply the blocks.
         """
+        blocks = self._blocks.setdefault(request.req_id, [])
+        if not new_computed_blocks and (request.num_computed_tokens + num_new_tokens + num_lookahead_tokens
+                                        <= len(blocks) * self.block_size):
+            return True  # the common decode step: the last block still has room
         need = self._num_needed(request, num_new_tokens, new_computed_blocks, num_lookahead_tokens)
         if need < 0:
             return False
-        blocks = self._blocks.setdefault(request.req_id, [])
         ids = self._block_ids.setdefault(request.req_id, [])
         if new_computed_blocks:
             self.pool.touch(new_computed_blocks)

@@ -1,0 +1,139 @@
+"""`native` backend: our own paged-KV engine (serve/engine + serve/worker) behind the Backend protocol.
+
+Options (ReplicaSpec.options, see serve.engine.config.EngineConfig.from_options): dtype, device,
+attention_backend, max_model_len, num_threads, block_size, kv_cache_bytes, enable_prefix_caching,
+max_num_seqs, max_num_batched_tokens, enable_chunked_prefill, policy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import AsyncIterator
+from typing import Any
+
+from serve import model_store
+from serve.backends.base import (
+    BackendError,
+    BackendUnavailable,
+    Delta,
+    GenerateRequest,
+    ModelInfo,
+    StreamEvent,
+    Usage,
+)
+from serve.backends.native_tokens import TokenTexts
+from serve.config import ReplicaSpec
+from serve.engine.async_engine import AsyncEngine, RequestStream
+from serve.engine.config import EngineConfig
+from serve.engine.request import RequestRejected
+
+
+class NativeBackend:
+    name = "native"
+
+    def __init__(self, spec: ReplicaSpec) -> None:
+        EngineConfig.from_options("<model>", spec.options)  # unknown or bad options fail now, loudly
+        self.spec = spec
+        self.engine: AsyncEngine | None = None
+        self.tokenizer: Any = None
+        self._texts: TokenTexts | None = None
+        self._info: ModelInfo | None = None
+        self._ids = itertools.count()
+        # Client request id -> engine request ids (a completions batch reuses one id for its prompts).
+        self._live: dict[str, set[str]] = {}
+
+    @property
+    def info(self) -> ModelInfo:
+        if self._info is None:
+            raise BackendUnavailable("native backend is not started")
+        return self._info
+
+    async def start(self) -> None:
+        from serve.engine.engine import LLMEngine
+
+        path = await asyncio.to_thread(model_store.resolve, self.spec.model)
+        config = EngineConfig.from_options(str(path), self.spec.options)
+        llm = await asyncio.to_thread(LLMEngine.from_config, config)
+        self.tokenizer = llm.runner.tokenizer
+        self._texts = TokenTexts(self.tokenizer)
+        self.engine = AsyncEngine(llm)
+        self.engine.start()
+        self._info = ModelInfo(
+            max_model_len=llm.runner.max_model_len,
+            chat_template=getattr(self.tokenizer, "chat_template", None),
+            bos_token=getattr(self.tokenizer, "bos_token", None) or "",
+            eos_token=getattr(self.tokenizer, "eos_token", None) or "",
+            extra={"num_kv_blocks": llm.runner.num_blocks, "block_size": llm.runner.block_size},
+        )
+
+    async def stop(self) -> None:
+        if self.engine is not None:
+            engine, self.engine = self.engine, None
+            await engine.stop()
+
+    async def check_health(self) -> bool:
+        return self.engine is not None and self.engine.is_running
+
+    async def tokenize(self, text: str, add_special: bool = True) -> list[int]:
+        self._engine()
+        return list(self.tokenizer.encode(text, add_special_tokens=add_special))
+
+    async def detokenize(self, token_ids: list[int]) -> str:
+        self._engine()
+        return str(self.tokenizer.decode(token_ids, skip_special_tokens=True))
+
+    def stats(self) -> dict[str, float | int]:
+        return dict(self.engine.stats()) if self.engine is not None else {}
+
+    def _engine(self) -> AsyncEngine:
+        if self.engine is None or not self.engine.is_running:
+            raise BackendUnavailable("native backend is not running")
+        return self.engine
+
+    async def abort(self, request_id: str) -> None:
+        if self.engine is not None:
+            for rid in list(self._live.get(request_id, ())):
+                self.engine.abort(rid)
+
+    def generate(self, request: GenerateRequest) -> AsyncIterator[StreamEvent]:
+        engine = self._engine()
+        ids = request.prompt_token_ids
+        if ids is None:
+            if request.prompt is None:
+                raise BackendError("the native backend needs a prompt", 400, "invalid_request_error", "prompt")
+            ids = tuple(self.tokenizer.encode(request.prompt, add_special_tokens=True))
+        rid = f"{request.request_id}/{next(self._ids)}"
+        try:
+            outputs = engine.add_request(rid, ids, request.params, priority=request.priority,
+                                         extra_stop_token_ids=tuple(request.extra.get("stop_token_ids", ())))
+        except RequestRejected as e:
+            raise BackendError(str(e), 400, "invalid_request_error", e.param, "context_length_exceeded") from e
+        self._live.setdefault(request.request_id, set()).add(rid)
+        return self._events(request, rid, outputs)
+
+    async def _events(self, request: GenerateRequest, rid: str,
+                      outputs: RequestStream) -> AsyncIterator[StreamEvent]:
+        want_logprobs = request.params.logprobs is not None
+        completion, leader = 0, None
+        try:
+            async for out in outputs:
+                if out.error is not None:
+                    raise BackendError(f"generation failed: {out.error}")
+                if out.finished:
+                    completion += out.num_output_tokens
+                    leader = out if out.index == 0 else leader
+                if out.new_token_ids or out.new_text or out.finished:
+                    lps = self._texts.logprobs(out.logprobs) if want_logprobs and out.logprobs and self._texts \
+                        else None
+                    yield Delta(out.index, text=out.new_text, token_ids=tuple(out.new_token_ids),
+                                logprobs=lps, finish_reason=out.finish_reason)
+            if leader is not None:
+                yield Usage(leader.num_prompt_tokens, completion, leader.num_cached_tokens, leader.queue_time_s)
+        finally:
+            await outputs.aclose()  # aborts in the engine if unfinished
+            live = self._live.get(request.request_id)
+            if live is not None:
+                live.discard(rid)
+                if not live:
+                    del self._live[request.request_id]
