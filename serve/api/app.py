@@ -12,6 +12,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from serve.api import openai_routes, tokenize_routes
 from serve.api.auth import check_api_key
@@ -49,6 +50,15 @@ def create_app(config: ServerConfig, router: Router) -> FastAPI:
     return app
 
 
+def _model_card(state: AppState, name: str, created: int) -> dict:
+    group = state.router.resolve(name)
+    card = {"id": name, "object": "model", "created": created, "owned_by": "sluice", "root": group.name}
+    healthy = [r for r in group.replicas if r.healthy]
+    if healthy:  # vLLM reports it here too; the remote backend reads it to check context up front
+        card["max_model_len"] = min(r.backend.info.max_model_len for r in healthy)
+    return card
+
+
 def _engine_stats(router: Router) -> Iterable[tuple[str, str, dict]]:
     for r in router.all_replicas():
         stats = getattr(r.backend, "stats", None)
@@ -74,15 +84,26 @@ def _install_errors(app: FastAPI, state: AppState) -> None:
     app.add_exception_handler(StarletteHTTPException, http_error)
 
 
-def _install_auth(app: FastAPI, config: ServerConfig) -> None:
-    @app.middleware("http")
-    async def auth(request: Request, call_next):  # noqa: ANN202 - starlette middleware signature
-        if config.api_key and request.url.path not in OPEN_PATHS:
+class _AuthMiddleware:
+    """Pure ASGI (not BaseHTTPMiddleware): that one wraps `receive`, which hides client disconnects
+    from the routes and adds a task per streamed response."""
+
+    def __init__(self, app: ASGIApp, api_key: str) -> None:
+        self.app, self.api_key = app, api_key
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] not in OPEN_PATHS:
             try:
-                check_api_key(request, config.api_key)
+                check_api_key(Request(scope), self.api_key)
             except APIError as e:
-                return e.response()
-        return await call_next(request)
+                await e.response()(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def _install_auth(app: FastAPI, config: ServerConfig) -> None:
+    if config.api_key:
+        app.add_middleware(_AuthMiddleware, api_key=config.api_key)
 
 
 def _routes(app: FastAPI, state: AppState) -> None:
@@ -94,11 +115,7 @@ def _routes(app: FastAPI, state: AppState) -> None:
     @app.get("/v1/models")
     async def models() -> dict:
         created = int(time.time())
-        return {"object": "list", "data": [
-            {"id": name, "object": "model", "created": created, "owned_by": "sluice",
-             "root": state.router.resolve(name).name}
-            for name in state.router.served()
-        ]}
+        return {"object": "list", "data": [_model_card(state, name, created) for name in state.router.served()]}
 
     @app.get("/health")
     async def health() -> Response:

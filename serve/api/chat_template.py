@@ -7,6 +7,7 @@ from functools import lru_cache
 from typing import Any
 
 from jinja2 import TemplateError
+from jinja2.exceptions import SecurityError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 # Used when a model ships no template: ChatML, what most small instruct models are trained on.
@@ -24,9 +25,17 @@ def _raise(message: str) -> None:
     raise ChatTemplateError(message)
 
 
+class _StrictSandbox(ImmutableSandboxedEnvironment):
+    """Jinja's sandbox answers an unsafe attribute with an Undefined that prints as '', so
+    `{{ f.__globals__ }}` would render silently; a template probing the sandbox must fail loudly."""
+
+    def unsafe_undefined(self, obj: Any, attribute: str) -> Any:
+        raise SecurityError(f"access to attribute {attribute!r} of {type(obj).__name__!r} object is unsafe")
+
+
 @lru_cache(maxsize=16)
 def _compile(source: str):  # noqa: ANN202 - jinja2 Template
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    env = _StrictSandbox(trim_blocks=True, lstrip_blocks=True)
     env.globals["raise_exception"] = _raise
     env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
     env.filters["tojson"] = _tojson

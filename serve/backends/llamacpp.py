@@ -93,7 +93,7 @@ class LlamaCppBackend:
             raise BackendError("llamacpp backend needs prompt token ids", 500)
         n = request.params.n
         streams = [self._one(request, i) for i in range(n)]
-        return merge(streams, [i for i in range(n)], shared_prompt=True)
+        return merge(streams, [0] * n, shared_prompt=True)  # each stream already carries its index
 
     async def _one(self, request: GenerateRequest, index: int) -> AsyncIterator[StreamEvent]:
         from serve.backends.llamacpp_engine import Finished, Job

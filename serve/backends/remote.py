@@ -175,9 +175,11 @@ def _upstream_error(status: int, text: str) -> BackendError:
         err = json.loads(text).get("error", {})
         message = err.get("message") if isinstance(err, dict) else str(err)
         param = err.get("param") if isinstance(err, dict) else None
+        code = err.get("code") if isinstance(err, dict) else None
     except (ValueError, AttributeError):
-        message, param = text[:500], None
+        message, param, code = text[:500], None, None
     if status >= 500 or status == 429:
         return BackendUnavailable(f"upstream answered {status}: {message}")
     kind = {401: "authentication_error", 404: "not_found_error"}.get(status, "invalid_request_error")
-    return BackendError(f"upstream: {message}", status=status, kind=kind, param=param)
+    return BackendError(f"upstream: {message}", status=status, kind=kind, param=param,
+                        code=str(code) if code is not None else None)
