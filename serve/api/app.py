@@ -16,17 +16,21 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from serve.api import openai_routes, tokenize_routes
 from serve.api.auth import check_api_key
+from serve.api.chat_template import ChatTemplateError
 from serve.api.errors import APIError
 from serve.api.metrics import Metrics
 from serve.api.state import AppState, to_api_error
+from serve.backends.base import BackendError
 from serve.config import ServerConfig
-from serve.router.router import Router
+from serve.router.router import Overloaded, Router
+from serve.sampling_params import ParamError
 
 OPEN_PATHS = {"/health", "/metrics", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
 
 
 def create_app(config: ServerConfig, router: Router) -> FastAPI:
     metrics = Metrics(stats_source=lambda: _engine_stats(router))
+    router.observer = metrics
     state = AppState(config=config, router=router, metrics=metrics)
 
     @asynccontextmanager
@@ -78,8 +82,11 @@ def _install_errors(app: FastAPI, state: AppState) -> None:
         kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
         return APIError(exc.status_code, str(exc.detail), kind=kind).response()
 
+    # Known failures are answered by Starlette's ExceptionMiddleware; only the catch-all `Exception`
+    # goes to ServerErrorMiddleware, which re-raises (and logs a traceback) after answering.
+    for known in (APIError, BackendError, Overloaded, ChatTemplateError, ParamError):
+        app.add_exception_handler(known, api_error)
     app.add_exception_handler(Exception, api_error)
-    app.add_exception_handler(APIError, api_error)
     app.add_exception_handler(RequestValidationError, validation)
     app.add_exception_handler(StarletteHTTPException, http_error)
 

@@ -59,12 +59,19 @@ class Metrics:
         self.success = Counter("sluice:request_success", "finished requests", m + ["finished_reason"], registry=r)
         self.errors = Counter("sluice:request_errors", "failed requests", m + ["type"], registry=r)
         self.upstream = Histogram("sluice:replica_request_latency_seconds", "latency per replica",
-                                  ["replica"], buckets=_LAT, registry=r)
+                                  ["replica", "outcome"], buckets=_LAT, registry=r)
         self.replica_healthy = Gauge("sluice:replica_healthy", "1 when the replica passes health checks",
                                      ["model", "replica"], registry=r)
         self.retries = Counter("sluice:replica_retries", "requests moved to another replica", m, registry=r)
         if stats_source is not None:
             r.register(_EngineCollector(stats_source))
+
+    # RouterObserver
+    def replica_done(self, replica_id: str, seconds: float, ok: bool) -> None:
+        self.upstream.labels(replica_id, "ok" if ok else "error").observe(seconds)
+
+    def retried(self, model: str) -> None:
+        self.retries.labels(model).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

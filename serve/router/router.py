@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from serve.backends.base import BackendUnavailable, GenerateRequest, StreamEvent
 from serve.config import ModelConfig
@@ -48,8 +50,17 @@ class ModelGroup:
 RequestFactory = Callable[[Replica], Awaitable[GenerateRequest]]
 
 
+class RouterObserver(Protocol):
+    """Told what the router did; the HTTP layer turns it into metrics."""
+
+    def replica_done(self, replica_id: str, seconds: float, ok: bool) -> None: ...
+
+    def retried(self, model: str) -> None: ...
+
+
 class Router:
-    def __init__(self, groups: list[ModelGroup]) -> None:
+    def __init__(self, groups: list[ModelGroup], observer: RouterObserver | None = None) -> None:
+        self.observer = observer
         self.groups = {g.name: g for g in groups}
         self._names: dict[str, ModelGroup] = {}
         for g in groups:
@@ -92,7 +103,8 @@ class Router:
             while True:
                 replica = self.pick(group, prefix_key, tried)
                 tried.add(replica.replica_id)
-                started = False
+                started, ok = False, False
+                t0 = time.monotonic()
                 replica.outstanding += 1
                 try:
                     request = await make_request(replica)
@@ -103,15 +115,20 @@ class Router:
                             yield event
                     finally:
                         await agen.aclose()  # type: ignore[attr-defined]
+                    ok = True
                     return
                 except BackendUnavailable as e:
                     if started:
                         raise
                     replica.mark_down()
                     group.retries += 1
+                    if self.observer:
+                        self.observer.retried(group.name)
                     log.warning("replica %s failed before first token (%s); retrying", replica.replica_id, e)
                 finally:
                     replica.outstanding -= 1
+                    if self.observer:
+                        self.observer.replica_done(replica.replica_id, time.monotonic() - t0, ok)
         finally:
             group.admitted -= 1
 

@@ -26,7 +26,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerPr
     cfg = tmp / "front.toml"
     cfg.write_text(f"""
 [server]
-health_interval_s = 0.5
+# Long on purpose: the failover test must see the router learn of a dead replica from a failed
+# request (and retry it), not from a health probe that happened to run first.
+health_interval_s = 60
 
 [[models]]
 name = "smol"
@@ -120,3 +122,6 @@ def test_failover_when_a_replica_dies(cluster: tuple[ServerProc, ServerProc, Ser
         pytest.fail("the dead replica was never marked down")
     assert httpx.get(f"{front.base_url}/health").status_code == 200
     assert _successes(b) > 0
+    text = httpx.get(f"{front.base_url}/metrics").text
+    assert re.search(r'^sluice:replica_retries_total\{model="smol"\} [1-9]', text, re.M)
+    assert 'sluice:replica_request_latency_seconds_count{outcome="ok",replica="smol/1:remote"}' in text
