@@ -36,6 +36,9 @@ class BenchConfig:
     tokenizer: str | None = None  # --tokenizer; None: derive from --model
     label: str = ""
     quiet: bool = False
+    # Sweeps: each concurrency step sends max(num_requests, this x concurrency) conversations (0: off),
+    # so high-concurrency steps reach a steady state instead of one wave.
+    requests_per_concurrency: int = 0
 
 
 def load_steps(cfg: BenchConfig) -> list[LoadSpec]:
@@ -44,6 +47,13 @@ def load_steps(cfg: BenchConfig) -> list[LoadSpec]:
     if cfg.sweep.by == "concurrency":
         return [replace(cfg.load, kind="concurrency", concurrency=int(v)) for v in cfg.sweep.values]
     return [replace(cfg.load, kind="rate", rate=v) for v in cfg.sweep.values]
+
+
+def step_size(cfg: BenchConfig, load: LoadSpec) -> int:
+    width = load.in_flight if load.kind != "rate" else None
+    if cfg.requests_per_concurrency <= 0 or width is None:
+        return cfg.dataset.num_requests
+    return max(cfg.dataset.num_requests, cfg.requests_per_concurrency * width)
 
 
 def _tokenizer(cfg: BenchConfig, notes: list[str]) -> BenchTokenizer | None:
@@ -103,23 +113,39 @@ async def bench(cfg: BenchConfig, command_line: list[str]) -> dict[str, Any]:
     if server["models"] and cfg.target.model not in server["models"]:
         notes.append(f"server lists models {server['models']}, not {cfg.target.model!r}")
     tok = _tokenizer(cfg, notes)
-    convs = build(cfg.dataset, tok)
-    progress = Progress(quiet=cfg.quiet)
     steps = load_steps(cfg)
+    # Each step gets its own prompts (own seed): a server's prefix cache must not turn a later step into hits.
+    workloads = [build(replace(cfg.dataset, num_requests=step_size(cfg, s), seed=cfg.dataset.seed + 7919 * i), tok)
+                 for i, s in enumerate(steps)]
+    progress = Progress(quiet=cfg.quiet)
     runs: list[dict[str, Any]] = []
     async with make_client(_widest(steps)) as client:
         await _warmup(client, cfg, steps[0], tok, progress)
         for i, load in enumerate(steps):
-            records = await _run_step(client, cfg, load, convs, tok, progress, _title(load, i, len(steps)))
+            records = await _run_step(client, cfg, load, workloads[i], tok, progress, _title(load, i, len(steps)))
             runs.append(run_entry(load.describe(), records, cfg.slo))
             reason = stop_reason(cfg.sweep, [r["aggregates"] for r in runs]) if cfg.sweep else None
             if reason:
                 notes.append(f"sweep stopped after {_title(load, i, len(steps))}: {reason}")
                 break
+    notes += short_output_notes(cfg, runs)
     return build_result(
         command_line=command_line, label=cfg.label or cfg.target.model, target=_target_json(cfg, server),
         workload=_workload_json(cfg, tok), load=_load_json(cfg), slo=cfg.slo, runs=runs,
         machine=machine_info(), git_commit=git_commit(), notes=notes)
+
+
+def short_output_notes(cfg: BenchConfig, runs: list[dict[str, Any]]) -> list[str]:
+    """With ignore_eos every request should produce output_len tokens; say so when they did not."""
+    if not cfg.target.ignore_eos or cfg.dataset.range_ratio:
+        return []
+    notes = []
+    for run in runs:
+        mean = run["aggregates"]["output_tokens_per_request"]["mean"]
+        if mean is not None and mean < 0.98 * cfg.dataset.output_len:
+            notes.append(f"{run['load']}: mean output {mean:.1f} tokens < {cfg.dataset.output_len} asked "
+                         "(the server may not honour ignore_eos)")
+    return notes
 
 
 def _title(load: LoadSpec, i: int, n: int) -> str:
@@ -141,6 +167,7 @@ def _workload_json(cfg: BenchConfig, tok: BenchTokenizer | None) -> dict[str, An
     d = dataclasses.asdict(cfg.dataset)
     d["dataset"] = d.pop("name")
     d["warmup"] = cfg.warmup
+    d["requests_per_concurrency"] = cfg.requests_per_concurrency
     d["tokenizer"] = tok.source if tok else None
     return d
 

@@ -76,6 +76,8 @@ def add_load_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--sweep-by", choices=("concurrency", "rate"), default="concurrency")
     g.add_argument("--sweep-values", default=",".join(str(v) for v in DEFAULT_CONCURRENCIES))
     g.add_argument("--no-sweep-stop", action="store_true", help="run every sweep step (no saturation stop)")
+    g.add_argument("--requests-per-concurrency", type=int, default=0,
+                   help="sweep: each step sends max(--num-requests, K x concurrency) requests")
 
 
 def serve_config(a: argparse.Namespace) -> Any:
@@ -101,7 +103,8 @@ def serve_config(a: argparse.Namespace) -> Any:
     if a.warmup < 0:
         raise ValueError("--warmup must be >= 0")
     return BenchConfig(target=target, dataset=dataset, load=load, sweep=sweep, warmup=a.warmup,
-                       slo=parse_slo(a.slo), tokenizer=a.tokenizer, label=a.label, quiet=a.quiet)
+                       slo=parse_slo(a.slo), tokenizer=a.tokenizer, label=a.label, quiet=a.quiet,
+                       requests_per_concurrency=a.requests_per_concurrency)
 
 
 def run_serve(a: argparse.Namespace) -> int:

@@ -158,6 +158,8 @@ def _finish(st: _Stream, index: int, sent: float, end: float, turn: Turn,
         kind, err = "empty", "the stream carried no generated content"
     elif not st.done:
         kind, err = "incomplete", "the stream ended without [DONE]"
+    elif st.finish_reason is None:
+        kind, err = "truncated", "the stream ended without a finish_reason"
     return RequestRecord(
         index=index, sent=sent, written=st.written, end=end, chunk_times=tuple(st.chunk_times), prompt_tokens=prompt_tokens,
         output_tokens=output_tokens, token_source=source, expected_prompt_tokens=turn.prompt_len,

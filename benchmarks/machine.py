@@ -30,6 +30,8 @@ def machine_info() -> dict[str, Any]:
         "os": f"{platform.system()} {platform.release()}",
         "python": platform.python_version(),
         "hostname": platform.node(),
+        # Other work on a shared machine skews everything: record how busy it was when the result was built.
+        "load_avg_1m": round(os.getloadavg()[0], 2),
     }
 
 

