@@ -38,18 +38,28 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Se
         raise ValueError(f"config file {p} is not valid {'TOML' if p.suffix == '.toml' else 'YAML'}: {e}") from e
     if not isinstance(data, dict):
         raise ValueError(f"config file {p} must hold a mapping at the top level")
-    return from_dict(data, overrides or {})
+    try:
+        return from_dict(data, overrides or {})
+    except TypeError as e:  # e.g. `port: abc`: a wrong scalar type is bad input, not a crash
+        raise ValueError(f"config file {p} has a value of the wrong type: {e}") from e
 
 
 def _check_keys(where: str, got: dict[str, Any], allowed: set[str]) -> None:
+    _mapping(where, got)
     extra = set(got) - allowed
     if extra:
         raise ValueError(f"unknown key(s) in {where}: {', '.join(sorted(extra))}; allowed: {', '.join(sorted(allowed))}")
 
 
+def _mapping(where: str, value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ValueError(f"{where} must be a mapping (key: value pairs), got {type(value).__name__}")
+    return value
+
+
 def from_dict(data: dict[str, Any], overrides: dict[str, Any]) -> ServerConfig:
     _check_keys("the config", data, {"server", "models"})
-    server = dict(data.get("server") or {})
+    server = dict(_mapping("[server]", data.get("server") or {}))
     _check_keys("[server]", server, _SERVER_KEYS)
     server.update({k: v for k, v in overrides.items() if v is not None})
     models = []
@@ -58,7 +68,8 @@ def from_dict(data: dict[str, Any], overrides: dict[str, Any]) -> ServerConfig:
         replicas = []
         for j, r in enumerate(m.get("replicas") or []):
             _check_keys(f"models[{i}].replicas[{j}]", r, _REPLICA_KEYS)
-            replicas.append(ReplicaSpec(**{**r, "options": dict(r.get("options") or {})}))
+            options = _mapping(f"models[{i}].replicas[{j}].options", r.get("options") or {})
+            replicas.append(ReplicaSpec(**{**r, "options": dict(options)}))
         models.append(ModelConfig(name=m.get("name", ""), replicas=tuple(replicas),
                                   aliases=tuple(m.get("aliases") or ()), policy=m.get("policy", "least-outstanding"),
                                   max_outstanding=int(m.get("max_outstanding", 256))))
