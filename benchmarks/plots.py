@@ -39,7 +39,9 @@ def distributions(runs: Sequence[dict[str, Any]], names: Sequence[str]) -> str:
                   [g * 1e3 for r in recs for g in r.itls], [r.e2e * 1e3 for r in recs])
         for ax, values in zip(axes, series, strict=True):
             if values:
-                ax.hist(values, bins=40, alpha=0.55, label=name)
+                lo, hi = min(values), max(values)
+                pad = 0.5 if hi - lo < 1e-6 * max(1.0, abs(hi)) else 0.0  # identical values: one visible bin
+                ax.hist(values, bins=40, range=(lo - pad, hi + pad), alpha=0.55, label=name)
     for ax, title in zip(axes, ("TTFT (ms)", "ITL (ms)", "E2E latency (ms)"), strict=True):
         ax.set_title(title)
         ax.set_ylabel("requests" if "ITL" not in title else "gaps")
