@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -76,6 +77,7 @@ class AsyncEngine:
         if req_id in self._streams:
             raise ValueError(f"request id {req_id!r} is already in use")
         self.engine.validate(len(prompt_token_ids), params)
+        kwargs.setdefault("arrival_time", time.monotonic())  # queue time starts here, not in the thread
         stream: asyncio.Queue[RequestOutput | BaseException] = asyncio.Queue()
         self._streams[req_id] = stream
         prompt = list(prompt_token_ids)

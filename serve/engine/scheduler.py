@@ -215,9 +215,25 @@ class Scheduler:
             self.running = [r for r in self.running if not r.is_finished]
         return results
 
+    @staticmethod
+    def _num_accepted(seq: ScheduledSeq, sampled: list | tuple) -> int:
+        """Draft tokens confirmed by the samples: row j verifies draft j when it sampled that very
+        token. Works whether the runner returns every row (greedy) or already cut the list after the
+        first rejection (rejection sampler: accepted drafts + one corrected/bonus token)."""
+        num_drafts = seq.num_logits - 1
+        if num_drafts <= 0:
+            return 0
+        drafts = seq.token_ids[-num_drafts:]
+        limit = min(num_drafts, len(sampled) - 1)
+        n = 0
+        while n < limit and sampled[n].token_id == drafts[n]:
+            n += 1
+        return n
+
     def _apply(self, req: Request, seq: ScheduledSeq, sampled: list | tuple) -> list[int]:
         num_drafts = max(seq.num_logits - 1, 0)
-        num_accepted = max(len(sampled) - 1, 0) if num_drafts else 0
+        num_accepted = self._num_accepted(seq, sampled)
+        sampled = sampled[:num_accepted + 1]
         # Rejected draft positions stay allocated but fall outside num_computed_tokens: rolled back.
         req.num_computed_tokens += len(seq.token_ids) - num_drafts + num_accepted
         new_ids: list[int] = []

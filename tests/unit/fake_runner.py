@@ -31,6 +31,7 @@ class FakePagedRunner:
         self.eos_token_ids = eos_token_ids
         self.tokenizer = None
         self.check = check  # False: O(1) per token (overhead benchmarks), no KV simulation
+        self.cut_at_rejection = True  # False: return every logits row, like a plain greedy sampler
         self.slots: list[list[int | None]] = [[None] * block_size for _ in range(num_blocks)]
         self.batches: list[StepBatch] = []
         self.finished_seen: list[str] = []
@@ -69,7 +70,7 @@ class FakePagedRunner:
             tok = next_token(context[: end - seq.num_logits + j + 1], self.vocab_size)
             out.append(SampledToken(tok, logprob=-float(tok % 5)))
             draft_idx = len(seq.token_ids) - seq.num_logits + j + 1
-            if draft_idx >= len(seq.token_ids) or seq.token_ids[draft_idx] != tok:
+            if self.cut_at_rejection and (draft_idx >= len(seq.token_ids) or seq.token_ids[draft_idx] != tok):
                 break
         return out
 

@@ -84,3 +84,39 @@ def test_a_dangling_partial_character_is_flushed_at_finish(tok: Tokenizer) -> No
 def test_leading_space_of_the_first_output_token_is_kept(tok: Tokenizer) -> None:
     pieces, _ = stream(tok, " then more", prompt="hello world,")
     assert "".join(pieces) == " then more"
+
+
+@pytest.fixture(scope="module")
+def smollm_tok():  # type: ignore[no-untyped-def]
+    from serve import model_store
+
+    if not model_store.is_pulled("smollm2-135m-instruct"):
+        pytest.skip("bundled model not pulled (make test pulls it)")
+    from serve.models.loader import load_tokenizer
+
+    return load_tokenizer(model_store.model_path("smollm2-135m-instruct"))
+
+
+@pytest.mark.slow
+def test_the_bundled_tokenizer_streams_multibyte_text_and_stops_across_tokens(smollm_tok) -> None:  # type: ignore[no-untyped-def]
+    from serve.backends.native_tokens import TokenTexts
+
+    text = "Hello 🎉 日本語 world, the end."
+    ids = smollm_tok.encode(text, add_special_tokens=False)
+    detok = IncrementalDetokenizer(make_decode(smollm_tok), smollm_tok.encode("Say:", add_special_tokens=False))
+    pieces = []
+    for tid in ids:
+        detok.add_token(tid)
+        pieces.append(detok.take_new_text())
+    pieces.append(detok.take_new_text(finished=True))
+    assert "".join(pieces) == text and all("\ufffd" not in p for p in pieces)
+    raw = b"".join(bytes(TokenTexts(smollm_tok).get(i)[1]) for i in ids)
+    assert raw.decode("utf-8") == text  # per-token bytes reassemble the exact UTF-8
+    stop_detok = IncrementalDetokenizer(make_decode(smollm_tok), [], ("語 wor",))
+    out = ""
+    for tid in ids:
+        hit = stop_detok.add_token(tid)
+        out += stop_detok.take_new_text()
+        if hit:
+            break
+    assert out + stop_detok.take_new_text(finished=True) == "Hello 🎉 日本"

@@ -176,10 +176,12 @@ def test_abort_frees_blocks_at_once_and_tells_the_runner() -> None:
     assert set(batch.finished_req_ids) == {"run", "wait", "grp#0", "grp#1"}
 
 
-def test_verified_drafts_advance_and_rejected_ones_roll_back() -> None:
+@pytest.mark.parametrize("runner_cuts", [True, False])
+def test_verified_drafts_advance_and_rejected_ones_roll_back(runner_cuts: bool) -> None:
     prompt = [2, 7, 1, 8]
     ref = reference_continuation(prompt, 12)
     sched, runner = make()
+    runner.cut_at_rejection = runner_cuts
     req = add(sched, "s", prompt, max_tokens=12)[0]
     step(sched, runner)  # prefill, first token
     req.spec_token_ids = [ref[1], ref[2], 99 if ref[3] != 99 else 98]  # two right, one wrong
