@@ -30,18 +30,31 @@ def run_name(run: dict[str, Any]) -> str:
     return "sync" if load["kind"] == "sync" else f"concurrency {load['concurrency']}"
 
 
+def _shared_bins(groups: Sequence[Sequence[float]], n: int = 40) -> list[float]:
+    """One set of bin edges for every run, so overlaid histograms compare bar for bar."""
+    values = [v for g in groups for v in g]
+    lo, hi = min(values), max(values)
+    if hi - lo < 1e-6 * max(1.0, abs(hi)):  # identical values: one visible bin around them
+        lo, hi = lo - 0.5, hi + 0.5
+    return [lo + (hi - lo) * i / n for i in range(n + 1)]
+
+
 def distributions(runs: Sequence[dict[str, Any]], names: Sequence[str]) -> str:
-    """Histograms of TTFT, ITL and E2E (ms), one colour per run."""
+    """Histograms of TTFT, ITL and E2E (ms), one colour per run, shared bins."""
     fig, axes = plt.subplots(1, 3, figsize=(15, 3.8))
-    for run, name in zip(runs, names, strict=True):
+    per_metric: list[list[list[float]]] = [[], [], []]
+    for run in runs:
         recs = [r for r in records_of(run) if r.ok]
-        series = ([r.ttft * 1e3 for r in recs if r.ttft is not None],
-                  [g * 1e3 for r in recs for g in r.itls], [r.e2e * 1e3 for r in recs])
-        for ax, values in zip(axes, series, strict=True):
+        per_metric[0].append([r.ttft * 1e3 for r in recs if r.ttft is not None])
+        per_metric[1].append([g * 1e3 for r in recs for g in r.itls])
+        per_metric[2].append([r.e2e * 1e3 for r in recs])
+    for ax, groups in zip(axes, per_metric, strict=True):
+        if not any(groups):
+            continue
+        bins = _shared_bins(groups)
+        for values, name in zip(groups, names, strict=True):
             if values:
-                lo, hi = min(values), max(values)
-                pad = 0.5 if hi - lo < 1e-6 * max(1.0, abs(hi)) else 0.0  # identical values: one visible bin
-                ax.hist(values, bins=40, range=(lo - pad, hi + pad), alpha=0.55, label=name)
+                ax.hist(values, bins=bins, alpha=0.45, histtype="stepfilled", label=name)
     for ax, title in zip(axes, ("TTFT (ms)", "ITL (ms)", "E2E latency (ms)"), strict=True):
         ax.set_title(title)
         ax.set_ylabel("requests" if "ITL" not in title else "gaps")
@@ -50,14 +63,16 @@ def distributions(runs: Sequence[dict[str, Any]], names: Sequence[str]) -> str:
 
 
 def timeline(run: dict[str, Any]) -> str:
-    """Output tokens per second over time (1 s bins) and each request's TTFT at its send time."""
+    """Output tokens per second over time and each request's TTFT at its send time."""
     recs = [r for r in records_of(run) if r.ok]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(15, 3.5))
     times = [t for r in recs for t in r.chunk_times]
     weights = [(r.output_tokens or 0) / len(r.chunk_times) for r in recs for _ in r.chunk_times]
     if times:
-        nbins = max(1, int(max(times)) + 1)
-        ax1.hist(times, bins=nbins, range=(0, nbins), weights=weights)
+        span = max(max(times), 1e-3)
+        width = max(span / 30, 0.005)  # ~30 bars whatever the run length; heights are tokens per second
+        nbins = max(1, round(span / width))
+        ax1.hist(times, bins=nbins, range=(0, nbins * width), weights=[w / width for w in weights])
     steady = run["aggregates"]["steady_state"]
     if steady:
         ax1.axvspan(steady["start_s"], steady["start_s"] + steady["duration_s"], alpha=0.12, color="green",
@@ -94,10 +109,12 @@ def curves(results: Sequence[dict[str, Any]], labels: Sequence[str]) -> str:
         axes[1].plot(xs, [a["ttft_ms"]["p99"] for a in agg], marker="x", linestyle="--", label=f"{label} p99")
         axes[2].plot(xs, [a["tpot_ms"]["p50"] for a in agg], marker="o", label=f"{label} p50")
         axes[2].plot(xs, [a["tpot_ms"]["p99"] for a in agg], marker="x", linestyle="--", label=f"{label} p99")
+    ticks = sorted({_x(r) for res in results for r in res["runs"]})
     for ax, title in zip(axes, ("output tokens/s", "TTFT (ms)", "TPOT (ms)"), strict=True):
         ax.set_title(title)
         ax.set_xlabel(xlabel)
         ax.set_xscale("log", base=2)
+        ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     return to_png_b64(fig)
