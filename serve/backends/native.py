@@ -59,8 +59,11 @@ class NativeBackend:
         self._texts = TokenTexts(self.tokenizer)
         self.engine = AsyncEngine(llm)
         self.engine.start()
+        # The context a request can really get: the model's limit or the whole KV cache, if smaller
+        # (+1: the last sampled token needs no KV slot). The HTTP layer fills max_tokens from this.
+        cache_len = llm.runner.num_blocks * llm.runner.block_size + 1
         self._info = ModelInfo(
-            max_model_len=llm.runner.max_model_len,
+            max_model_len=min(llm.runner.max_model_len, cache_len),
             chat_template=getattr(self.tokenizer, "chat_template", None),
             bos_token=getattr(self.tokenizer, "bos_token", None) or "",
             eos_token=getattr(self.tokenizer, "eos_token", None) or "",
