@@ -72,6 +72,10 @@ async def chat_completions(request: Request) -> Response:
         check_supported(req, info, backend.name)
         if not info.templates_locally:
             return GenerateRequest(rid, params, messages=tuple(messages), model=req.model, priority=req.priority)
+        if not info.chat_template:
+            # vLLM's rule too: guessing a template for a base model gives confident nonsense.
+            raise invalid(f"model '{req.model}' has no chat template (a base model?); use /v1/completions",
+                          "messages", "no_chat_template")
         prompt = render(info.chat_template, messages, info.bos_token, info.eos_token, req.add_generation_prompt)
         return await _local_request(backend, rid, params, prompt, False, req.model, req.priority)
 
