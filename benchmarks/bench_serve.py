@@ -124,6 +124,9 @@ async def bench(cfg: BenchConfig, command_line: list[str]) -> dict[str, Any]:
         for i, load in enumerate(steps):
             records = await _run_step(client, cfg, load, workloads[i], tok, progress, _title(load, i, len(steps)))
             runs.append(run_entry(load.describe(), records, cfg.slo))
+            if load.time_limit_s and not load.duration_s and len(records) < step_size(cfg, load):
+                notes.append(f"{_title(load, i, len(steps))}: time limit {load.time_limit_s:g} s reached after "
+                             f"{len(records)} of {step_size(cfg, load)} requests")
             reason = stop_reason(cfg.sweep, [r["aggregates"] for r in runs]) if cfg.sweep else None
             if reason:
                 notes.append(f"sweep stopped after {_title(load, i, len(steps))}: {reason}")

@@ -72,6 +72,8 @@ def add_load_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--burstiness", type=float, default=1.0, help="gamma shape of arrival gaps; 1.0 = Poisson")
     g.add_argument("--max-concurrency", type=int, default=None, help="open loop: cap on requests in flight")
     g.add_argument("--duration", type=float, default=None, help="seconds to keep sending (cycles the workload)")
+    g.add_argument("--time-limit", type=float, default=None,
+                   help="seconds after which no new request is sent, even if --num-requests is not reached")
     g.add_argument("--warmup", type=int, default=0, help="requests sent first and not counted")
     g.add_argument("--sweep-by", choices=("concurrency", "rate"), default="concurrency")
     g.add_argument("--sweep-values", default=",".join(str(v) for v in DEFAULT_CONCURRENCIES))
@@ -97,7 +99,8 @@ def serve_config(a: argparse.Namespace) -> Any:
                           path=a.dataset_path)
     kind = "concurrency" if a.load == "sweep" else a.load
     load = LoadSpec(kind=kind, concurrency=a.concurrency, rate=a.rate, burstiness=a.burstiness,
-                    duration_s=a.duration, max_concurrency=a.max_concurrency, seed=a.seed)
+                    duration_s=a.duration, max_concurrency=a.max_concurrency, seed=a.seed,
+                    time_limit_s=a.time_limit)
     sweep = (SweepSpec(by=a.sweep_by, values=parse_values(a.sweep_values), stop=not a.no_sweep_stop)
              if a.load == "sweep" else None)
     if a.warmup < 0:

@@ -36,7 +36,10 @@ class Target:
         return f"{self.base_url}/{'chat/completions' if self.endpoint == 'chat' else 'completions'}"
 
     def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        h = {"Content-Type": "application/json"}
+        if self.api_key:
+            h["Authorization"] = f"Bearer {self.api_key}"
+        return h
 
 
 def normalize_base_url(url: str) -> str:
@@ -113,12 +116,12 @@ def _content(choice: dict[str, Any]) -> str:
 async def send(client: httpx.AsyncClient, target: Target, turn: Turn, history: list[dict[str, str]],
                index: int, count_tokens: Counter | None) -> tuple[RequestRecord, str]:
     """Run one streaming request; never raises for request failures (they become error records)."""
-    body = request_body(target, turn, history)
+    body = json.dumps(request_body(target, turn, history)).encode()  # encoded before the clock starts
     st = _Stream()
     status: int | None = None
     sent = time.monotonic()
     try:
-        async with client.stream("POST", target.url, json=body, headers=target.headers(),
+        async with client.stream("POST", target.url, content=body, headers=target.headers(),
                                  timeout=target.timeout_s, extensions={"trace": st.trace}) as resp:
             status = resp.status_code
             if status != 200:

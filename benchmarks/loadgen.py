@@ -32,6 +32,8 @@ class LoadSpec:
     duration_s: float | None = None  # stop sending new work after this long (else: the whole workload)
     max_concurrency: int | None = None  # open loop: cap on requests in flight (None: no cap)
     seed: int = 0
+    # Stop sending new work after this long even if the workload is not done (no cycling); None: off.
+    time_limit_s: float | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in ("sync", "concurrency", "rate"):
@@ -44,6 +46,14 @@ class LoadSpec:
             raise ValueError("--burstiness must be > 0")
         if self.duration_s is not None and self.duration_s <= 0:
             raise ValueError("--duration must be > 0")
+        if self.time_limit_s is not None and self.time_limit_s <= 0:
+            raise ValueError("--time-limit must be > 0")
+
+    @property
+    def send_deadline_s(self) -> float | None:
+        """Seconds after the start when no new work may be sent."""
+        limits = [t for t in (self.duration_s, self.time_limit_s) if t is not None]
+        return min(limits) if limits else None
 
     @property
     def in_flight(self) -> int | None:
@@ -62,6 +72,8 @@ class LoadSpec:
             d.update(rate=None if math.isinf(self.rate) else self.rate, burstiness=self.burstiness,
                      max_concurrency=self.max_concurrency)
         d["duration_s"] = self.duration_s
+        if self.time_limit_s is not None:
+            d["time_limit_s"] = self.time_limit_s
         return d
 
 
@@ -113,14 +125,14 @@ async def run_load(runner: Runner, load: LoadSpec, convs: Sequence[Conversation]
     if load.kind == "rate":
         await _open_loop(runner, load, convs)
     else:
-        await _closed_loop(runner, 1 if load.kind == "sync" else load.concurrency, load.duration_s, convs)
+        await _closed_loop(runner, 1 if load.kind == "sync" else load.concurrency, load, convs)
     return sorted(runner.records, key=lambda r: r.index)
 
 
-async def _closed_loop(runner: Runner, width: int, duration_s: float | None,
-                       convs: Sequence[Conversation]) -> None:
-    work = _work(convs, duration_s)
-    deadline = None if duration_s is None else time.monotonic() + duration_s
+async def _closed_loop(runner: Runner, width: int, load: LoadSpec, convs: Sequence[Conversation]) -> None:
+    work = _work(convs, load.duration_s)
+    limit = load.send_deadline_s
+    deadline = None if limit is None else time.monotonic() + limit
 
     async def worker() -> None:
         for conv in work:  # the iterator is shared: each worker takes the next conversation
@@ -145,8 +157,9 @@ async def _open_loop(runner: Runner, load: LoadSpec, convs: Sequence[Conversatio
         async with gate:
             await runner.conversation(conv)
 
+    limit = load.send_deadline_s
     for conv, off in zip(_work(convs, load.duration_s), offsets, strict=False):
-        if load.duration_s is not None and off >= load.duration_s:
+        if limit is not None and off >= limit:
             break
         delay = start + off - time.monotonic()
         if delay > 0:

@@ -26,6 +26,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--requests-per-concurrency", type=int, default=4)
     p.add_argument("--min-requests", type=int, default=16, help="requests at each level at least")
     p.add_argument("--warmup", type=int, default=4)
+    p.add_argument("--level-time-limit", type=float, default=240.0,
+                   help="seconds per concurrency level after which no new request is sent")
     p.add_argument("--endpoint", choices=("completions", "chat"), default="completions")
     p.add_argument("--threads", type=int, default=2, help="CPU threads for the llama.cpp peers")
     p.add_argument("--vllm-python", default=None, help="python of the separate vLLM venv")
@@ -45,7 +47,7 @@ def bench_config(a: argparse.Namespace, stack: Stack, base_url: str) -> Any:
                     ignore_eos=True, extra_body=extra)
     return BenchConfig(
         target=target, dataset=DatasetSpec("random", a.min_requests, a.input_len, a.output_len),
-        load=LoadSpec(kind="concurrency"), warmup=a.warmup, label=stack.name,
+        load=LoadSpec(kind="concurrency", time_limit_s=a.level_time_limit), warmup=a.warmup, label=stack.name,
         sweep=SweepSpec(values=parse_values(a.concurrency_levels), stop=False),
         tokenizer=str(a.gguf), requests_per_concurrency=a.requests_per_concurrency)
 

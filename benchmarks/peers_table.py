@@ -46,7 +46,9 @@ def readme(results: Sequence[dict[str, Any]], names: Sequence[str], skipped: Seq
         st = res.get("stack", {})
         src = {r["aggregates"]["token_count_source"] for r in res["runs"]}
         lines.append(f"- **{name}**: {st.get('description', '')}; healthy after {st.get('startup_s', '-')} s; "
-                     f"token counts from {', '.join(sorted(src))}.\n")
+                     f"token counts from {', '.join(sorted(src))}; machine load average (1 min) at the end "
+                     f"{res['machine'].get('load_avg_1m', '-')}.\n")
+        lines += [f"  - note: {n}\n" for n in res["notes"]]
     for s in skipped:
         lines.append(f"- **{s['stack']}**: not measured ({s['reason']}).\n")
     lines.append("\nDefinitions: TTFT = request sent to first content chunk; TPOT = (E2E - TTFT) / (output "

@@ -15,7 +15,8 @@ from serve.cli import main
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
-TTFT_MS, ITL_MS, N_OUT = 200.0, 20.0, 20
+# A TTFT typical of a real server; the client's own few ms of send cost are measured and reported apart.
+TTFT_MS, ITL_MS, N_OUT = 300.0, 20.0, 20
 
 
 def start_upstream(*flags: str) -> tuple[subprocess.Popen[str], int]:
@@ -101,3 +102,10 @@ def test_client_cost_per_event_is_small(prompts: Path, tmp_path: Path) -> None:
     wall_us = req["e2e_ms"] * 1e3 / req["events"]  # includes the upstream's own cost of writing
     print(f"\nclient parse cost {parse_us:.1f} us/event; end-to-end {wall_us:.1f} us/event")
     assert parse_us < 200
+
+
+def test_time_limit_stops_sending_and_says_so(upstream: int, prompts: Path, tmp_path: Path) -> None:
+    # Each request lasts ~0.68 s; a 0.3 s limit lets exactly one wave of 2 start.
+    res = bench(upstream, prompts, tmp_path, "--concurrency", "2", "--num-requests", "50", "--time-limit", "0.3")
+    assert res["runs"][0]["aggregates"]["completed"] == 2
+    assert any("time limit" in n for n in res["notes"])
