@@ -11,7 +11,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from benchmarks.stacks import SERVED_NAME, PeerPaths, Skip, Stack, all_stacks, default_vllm_python
+from benchmarks.stacks import (
+    SERVED_NAME,
+    PeerPaths,
+    Skip,
+    Stack,
+    all_stacks,
+    converted_dir,
+    default_vllm_python,
+)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -71,13 +79,13 @@ def _paths(a: argparse.Namespace) -> PeerPaths:
     from serve import model_store
 
     gguf = model_store.resolve(SERVED_NAME)
-    hf = Path(a.vllm_model_dir) if a.vllm_model_dir else model_store.store_dir() / f"{SERVED_NAME}-hf"
+    hf = Path(a.vllm_model_dir) if a.vllm_model_dir else converted_dir(gguf)
     vpy = Path(a.vllm_python) if a.vllm_python else default_vllm_python()
     return PeerPaths(gguf=gguf, hf_dir=hf, vllm_python=vpy, threads=a.threads)
 
 
 def _prepare(stack: Stack, paths: PeerPaths) -> None:
-    if stack.name == "vllm-cpu" and not (paths.hf_dir / "config.json").is_file():
+    if stack.name in ("vllm-cpu", "sluice-vllm") and not (paths.hf_dir / "config.json").is_file():
         from benchmarks.hf_export import export
 
         print(f"   exporting an HF safetensors dir for vLLM to {paths.hf_dir}", flush=True)

