@@ -69,7 +69,7 @@ def run_stack(a: argparse.Namespace, stack: Stack, out_dir: Path) -> dict[str, A
     print(f"== {stack.name}: starting ({stack.description})", flush=True)
     with running(stack.command(port), stack.env, log, port, stack.start_timeout_s) as (base, waited):
         print(f"   healthy after {waited:.1f} s", flush=True)
-        result = asyncio.run(bench(bench_config(a, stack, base), stack.command(port)))
+        result = asyncio.run(bench(bench_config(a, stack, base), ["sluice", *sys.argv[1:]]))
     result["stack"] = {"name": stack.name, "description": stack.description, "startup_s": round(waited, 1),
                        "command": stack.command(port)}
     return result

@@ -4,7 +4,8 @@ scripted times, so the benchmark client's timing can be checked against known tr
 For every completion request (its `max_tokens` = n): a role-only chunk at once (chat) or an empty-text
 chunk (completions), both of which must NOT count as the first token; then content chunk k at
 arrival + ttft + k * itl (absolute schedule, so lateness never accumulates); then a usage chunk and
-[DONE]. Keep-alive with chunked transfer encoding, like real servers.
+[DONE]. Keep-alive with chunked transfer encoding, like real servers. Faults on request: every Nth
+request a 503 (--fail-every), or a stream cut short without a finish_reason (--truncate-every).
 
 Run: python -m tests.e2e.bench_scripted_upstream --ttft-ms 200 --itl-ms 20  (prints "PORT <n>")
 """
@@ -46,6 +47,12 @@ async def _read_request(reader: asyncio.StreamReader) -> tuple[str, str, bytes] 
 async def _stream(writer: asyncio.StreamWriter, body: dict, cfg: argparse.Namespace, chat: bool) -> None:
     arrival = time.monotonic()
     n = int(body.get("max_tokens") or 16)
+    cfg.seen += 1
+    if cfg.fail_every and cfg.seen % cfg.fail_every == 0:
+        data = json.dumps({"error": {"message": "overloaded", "type": "service_unavailable"}}).encode()
+        writer.write(_head("503 Service Unavailable", "application/json", len(data)) + data)
+        return
+    cut = bool(cfg.truncate_every and cfg.seen % cfg.truncate_every == 0)
     writer.write(_head("200 OK", "text/event-stream", None))
     first = {"delta": {"role": "assistant", "content": ""}} if chat else {"text": ""}
     writer.write(_chunk({"choices": [{"index": 0, **first, "finish_reason": None}]}))
@@ -58,6 +65,8 @@ async def _stream(writer: asyncio.StreamWriter, body: dict, cfg: argparse.Namesp
         last = "length" if k == n - 1 else None
         writer.write(_chunk({"choices": [{"index": 0, **piece, "finish_reason": last}]}))
         await writer.drain()
+        if cut and k == 1:
+            break  # a stream that ends early, never saying why: the client must flag it
     if not cfg.no_usage:
         prompt = body.get("prompt") or " ".join(m["content"] for m in body.get("messages", []))
         usage = {"prompt_tokens": len(prompt.split()), "completion_tokens": n, "total_tokens": 0}
@@ -97,4 +106,8 @@ if __name__ == "__main__":
     p.add_argument("--ttft-ms", type=float, default=200.0)
     p.add_argument("--itl-ms", type=float, default=20.0)
     p.add_argument("--no-usage", action="store_true")
-    asyncio.run(main(p.parse_args()))
+    p.add_argument("--fail-every", type=int, default=0, help="every Nth request answers 503")
+    p.add_argument("--truncate-every", type=int, default=0, help="every Nth stream stops after 2 chunks")
+    args = p.parse_args()
+    args.seen = 0
+    asyncio.run(main(args))

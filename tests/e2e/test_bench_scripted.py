@@ -109,3 +109,22 @@ def test_time_limit_stops_sending_and_says_so(upstream: int, prompts: Path, tmp_
     res = bench(upstream, prompts, tmp_path, "--concurrency", "2", "--num-requests", "50", "--time-limit", "0.3")
     assert res["runs"][0]["aggregates"]["completed"] == 2
     assert any("time limit" in n for n in res["notes"])
+
+
+def test_failures_are_recorded_by_kind_not_dropped(prompts: Path, tmp_path: Path) -> None:
+    proc, port = start_upstream("--ttft-ms", "20", "--itl-ms", "2", "--fail-every", "3", "--truncate-every", "4")
+    try:
+        res = bench(port, prompts, tmp_path, "--concurrency", "2", "--num-requests", "12")
+        out = tmp_path / "slow.json"
+        rc = main(["bench", "serve", "--base-url", f"http://127.0.0.1:{port}", "--model", "scripted", "--quiet",
+                   "--dataset", "jsonl", "--dataset-path", str(prompts), "--num-requests", "1",
+                   "--timeout", "0.001", "--out", str(out)])
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    a = res["runs"][0]["aggregates"]
+    # Upstream requests 3, 6, 9, 12 fail with 503; 4 and 8 are cut short (12 is already a 503).
+    assert a["errors"] == {"http_503": 4, "truncated": 2}
+    assert (a["completed"], a["failed"]) == (6, 6)
+    assert rc == 1  # nothing succeeded: a failing exit code, and still a result file saying why
+    assert json.loads(out.read_text())["runs"][0]["aggregates"]["errors"] == {"timeout": 1}
