@@ -124,7 +124,7 @@ def run_peers(a: argparse.Namespace) -> int:
 def _write_comparison(done: list[tuple[str, Path]], skipped: list[dict[str, str]], out_dir: Path,
                       a: argparse.Namespace) -> int:
     from benchmarks.compare import render_html
-    from benchmarks.peers_table import markdown_table, readme
+    from benchmarks.peers_table import markdown_table, readme, results_index
     from benchmarks.result import load_result
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -136,6 +136,8 @@ def _write_comparison(done: list[tuple[str, Path]], skipped: list[dict[str, str]
     (out_dir / "summary.json").write_text(json.dumps({"ran": names, "skipped": skipped}, indent=1) + "\n")
     if results:
         (out_dir / "compare.html").write_text(render_html(results, names))
+    if out_dir.resolve().parent == RESULTS:
+        (RESULTS / "README.md").write_text(results_index(RESULTS))
     print(table)
     for s in skipped:
         print(f"skipped {s['stack']}: {s['reason']}")

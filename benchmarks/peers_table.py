@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from benchmarks.plots import run_name
@@ -56,3 +57,14 @@ def readme(results: Sequence[dict[str, Any]], names: Sequence[str], skipped: Seq
                  "request; compare.html plots the curves. Absolute numbers on this shared 2-core machine are "
                  "noisy; ratios measured in one run are the point.\n")
     return "".join(lines)
+
+
+def results_index(results_dir: Path) -> str:
+    """benchmarks/results/README.md: every committed peers run, newest first, with its table."""
+    parts = ["# Benchmark results\n\n",
+             "Each `<date>-peers/` directory is one `sluice bench peers` run on the build machine (2 cores, "
+             "no GPU): one result JSON per stack (schema in `benchmarks/README.md`), `compare.html` with the "
+             "curves, and a README with the workload and notes. Newest first.\n"]
+    for run in sorted((d for d in results_dir.glob("*-peers") if (d / "table.md").is_file()), reverse=True):
+        parts.append(f"\n## [{run.name}]({run.name}/README.md)\n\n{(run / 'table.md').read_text()}")
+    return "".join(parts)
