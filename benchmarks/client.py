@@ -78,14 +78,19 @@ class _Stream:
     done: bool = False
     error: str | None = None
     written: float | None = None
+    last_event: float | None = None  # E2E ends here: the stream's last event, not the body's close
+    new_connection: bool = False
 
     async def trace(self, event: str, _info: dict[str, Any]) -> None:
-        """httpx trace hook: note when the request body has been written to the socket."""
+        """httpx trace hook: when the body reached the socket, and whether a TCP connect was needed."""
         if event == "http11.send_request_body.complete":
             self.written = time.monotonic()
+        elif event == "connection.connect_tcp.complete":
+            self.new_connection = True
 
     def feed(self, payload: str, t: float) -> None:
         self.events += 1
+        self.last_event = t
         if payload == "[DONE]":
             self.done = True
             return
@@ -136,17 +141,19 @@ async def send(client: httpx.AsyncClient, target: Target, turn: Turn, history: l
         return _failed(index, sent, turn, "read", repr(e), status), ""
     except (json.JSONDecodeError, UnicodeDecodeError, AttributeError, TypeError) as e:
         return _failed(index, sent, turn, "protocol", f"bad SSE payload: {e}", status), ""
-    end = time.monotonic()
+    end = st.last_event or time.monotonic()
     return _finish(st, index, sent, end, turn, count_tokens, status), "".join(st.text)
 
 
 async def _consume(resp: httpx.Response, st: _Stream) -> None:
     async for line in resp.aiter_lines():
+        if st.done:
+            continue  # read the body to its end so the connection goes back to the pool for reuse
         t = time.monotonic()
         if line.startswith("data:"):
             st.feed(line[5:].strip(), t)
         st.overhead += time.monotonic() - t
-        if st.done or st.error:
+        if st.error:
             return
 
 
@@ -168,7 +175,8 @@ def _finish(st: _Stream, index: int, sent: float, end: float, turn: Turn,
         output_tokens=output_tokens, token_source=source, expected_prompt_tokens=turn.prompt_len,
         expected_output_tokens=turn.output_len, cached_tokens=cached, finish_reason=st.finish_reason,
         error_kind=kind, error=err, status=status, conversation=turn.conversation, turn=turn.turn,
-        client_overhead=st.overhead, events=st.events)
+        client_overhead=st.overhead, events=st.events,
+        extra={"new_connection": True} if st.new_connection else {})
 
 
 def _token_counts(st: _Stream, turn: Turn, text: str,

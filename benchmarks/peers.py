@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import datetime as dt
 import json
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -92,10 +93,16 @@ def _prepare(stack: Stack, paths: PeerPaths) -> None:
         export(paths.gguf, paths.hf_dir)
 
 
+def _exit_on_term(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)  # unwinds through `running(...)`, which stops the server it started
+
+
 def run_peers(a: argparse.Namespace) -> int:
     from benchmarks.procs import StartFailed
     from benchmarks.result import write_json
 
+    signal.signal(signal.SIGTERM, _exit_on_term)
+    signal.signal(signal.SIGINT, _exit_on_term)  # background jobs start with SIGINT ignored
     paths = _paths(a)
     a.gguf = paths.gguf
     out_dir = Path(a.out_dir) if a.out_dir else RESULTS / f"{dt.date.today().isoformat()}-peers"
