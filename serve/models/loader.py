@@ -22,6 +22,28 @@ from serve.models.registry import model_class
 from serve.models.tokenizer import load_tokenizer_from
 
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16}
+DTYPE_CHOICES = (*DTYPES, "auto")
+
+
+def cpu_has_native_bf16() -> bool:
+    """AVX512-BF16 or AMX: without them torch's CPU bf16 matmul is emulated and slower than float32."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """"auto": bfloat16 on CUDA and on CPUs with native bf16, else float32."""
+    if name == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
+    if name not in DTYPES:
+        raise ValueError(f"unknown dtype {name!r}; choose one of: {', '.join(DTYPE_CHOICES)}")
+    return DTYPES[name]
 
 
 class CheckpointError(ValueError):
@@ -104,17 +126,16 @@ def iter_weights(path: str | Path, cfg: ModelArchConfig) -> Iterator[tuple[str, 
                 yield name, st.get_tensor(name)
 
 
-def load_model(path: str | Path, dtype: str = "bfloat16", device: str | torch.device = "cpu",
+def load_model(path: str | Path, dtype: str = "auto", device: str | torch.device = "cpu",
                attention_backend: str = "auto", quant: str = "none",
                max_positions: int | None = None, block_size: int = 16) -> torch.nn.Module:
     """Build the model for the checkpoint's architecture and load its weights (eval, no grad)."""
-    if dtype not in DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; choose one of: {', '.join(DTYPES)}")
-    cfg = load_model_config(path)
     dev = torch.device(device)
+    torch_dtype = resolve_dtype(dtype, dev)
+    cfg = load_model_config(path)
     backend = get_backend(attention_backend, dev, block_size)
     with dev:
-        model = model_class(cfg.architecture)(cfg, backend, DTYPES[dtype], quant=quant, max_positions=max_positions)
+        model = model_class(cfg.architecture)(cfg, backend, torch_dtype, quant=quant, max_positions=max_positions)
     with torch.no_grad():
         model.load_weights(iter_weights(path, cfg))
     return model.eval()

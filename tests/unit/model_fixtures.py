@@ -1,0 +1,44 @@
+"""Shared, cached loads of the bundled model for the data-plane tests (one load per test session)."""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+from serve.model_store import model_path  # noqa: E402
+
+MODEL = "smollm2-135m-instruct"
+
+
+def gguf_path() -> str:
+    p = model_path(MODEL)
+    if not p.is_file():
+        pytest.skip(f"{MODEL} is not pulled (run `sluice models pull {MODEL}`)")
+    return str(p)
+
+
+@functools.lru_cache(maxsize=2)
+def runner(dtype: str = "float32"):
+    """A real ModelRunner on the bundled GGUF with a small KV cache (256 blocks of 16 tokens)."""
+    from serve.worker.model_runner import ModelRunner, RunnerConfig
+
+    path = gguf_path()
+    return ModelRunner(RunnerConfig(path, dtype=dtype, device="cpu", kv_cache_bytes=256 * 368_640 * 2,
+                                    max_model_len=2048))
+
+
+@functools.lru_cache(maxsize=1)
+def hf_model():
+    """transformers' own Llama on the same GGUF (dequantized by transformers to float32)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    path = gguf_path()
+    m = AutoModelForCausalLM.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path),
+                                             dtype=torch.float32)
+    return m.eval()
