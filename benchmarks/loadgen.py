@@ -7,9 +7,11 @@ never throttles it silently (see `make_client`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import math
 import random
+import resource
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -77,8 +79,19 @@ class LoadSpec:
         return d
 
 
+def raise_fd_limit() -> int:
+    """An open loop can hold thousands of sockets: lift the soft descriptor limit to the hard one."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = 1 << 16 if hard == resource.RLIM_INFINITY else hard
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
 def make_client(load: LoadSpec) -> httpx.AsyncClient:
     """A pool at least as wide as the load, so queueing happens in the server, not in our client."""
+    raise_fd_limit()
     width = load.in_flight
     limits = httpx.Limits(max_connections=None if width is None else width + 4,
                           max_keepalive_connections=None if width is None else width + 4)
