@@ -131,7 +131,8 @@ class Sampler:
         picked = logp.gather(1, torch.tensor([[chosen[i]] for i in want], device=self.device)).squeeze(1).tolist()
         for j, i in enumerate(want):
             k = int(rows[i].params.logprobs or 0)
-            top = tuple(zip(top_i[j, :k].tolist(), top_v[j, :k].tolist(), strict=True)) if k else ()
+            top = tuple((t, v) for t, v in zip(top_i[j, :k].tolist(), top_v[j, :k].tolist(), strict=True)
+                        if v != float("-inf")) if k else ()
             out[i] = SampledToken(chosen[i], float(picked[j]), top)
         return out
 
