@@ -13,6 +13,7 @@ stop string and everything after it are never emitted.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -24,9 +25,14 @@ _CONTEXT_TOKENS = 5
 
 def make_decode(tokenizer: Any, skip_special_tokens: bool = True) -> Decode:
     """A fast `ids -> text` for an HF tokenizer: the Rust backend directly when there is one (no
-    Python-side space clean-up, which would make incremental diffs inconsistent)."""
+    Python-side space clean-up, which would make incremental diffs inconsistent).
+
+    The backend is a private copy: the engine thread decodes while the event loop thread encodes
+    with the original, and a Rust tokenizer shared across threads can fail with "Already borrowed".
+    """
     backend = getattr(tokenizer, "_tokenizer", None) or getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None and hasattr(backend, "decode"):
+        backend = copy.deepcopy(backend)
         return lambda ids: backend.decode(ids, skip_special_tokens=skip_special_tokens)
     return lambda ids: tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
 

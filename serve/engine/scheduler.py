@@ -98,6 +98,9 @@ class Scheduler:
             drafts = self._drafts_for(req, num_new, budget)
             moved = False
             while not self.kv.allocate_slots(req, num_new + len(drafts)):
+                if drafts:  # speculation is optional: drop it before taking blocks from anyone
+                    drafts = []
+                    continue
                 victim = self._pick_victim()
                 preempted = moved = True
                 if victim.req_id in seqs:  # priority mode may pick one already scheduled this step

@@ -193,3 +193,17 @@ def test_verified_drafts_advance_and_rejected_ones_roll_back(runner_cuts: bool) 
     assert req.num_computed_tokens == len(prompt) + 3  # the wrong draft's slot is rolled back
     assert run(sched, runner)["s"] == ref[4:]
     assert_no_leaks(sched)
+
+
+def test_drafts_are_dropped_before_anyone_is_preempted_for_their_slots() -> None:
+    sched, runner = make(num_blocks=2)
+    a = add(sched, "a", [1, 2, 3], max_tokens=4)[0]
+    add(sched, "b", [4, 5, 6], max_tokens=4)
+    step(sched, runner)  # both prefilled, one block each, pool full
+    a.spec_token_ids = [reference_continuation([1, 2, 3], 2)[1]]  # would need a third block
+    batch = sched.schedule()
+    assert [len(s.token_ids) for s in batch.seqs] == [1, 1] and sched.num_preemptions == 0
+    sched.update(batch, runner.execute(batch))
+    run(sched, runner)
+    assert a.output_token_ids == reference_continuation([1, 2, 3], 4)
+    assert_no_leaks(sched)
