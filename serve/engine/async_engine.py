@@ -53,9 +53,12 @@ class AsyncEngine:
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join)
             self._thread = None
-        for rid in list(self._streams):
-            for out in self.engine.abort_request(rid):
-                self._streams[rid].put_nowait(out)
+        for rid, stream in list(self._streams.items()):
+            outs = self.engine.abort_request(rid)
+            for out in outs:
+                stream.put_nowait(out)
+            if not outs:  # queued but never admitted (or already done: then this is never read)
+                stream.put_nowait(EngineDead("the native engine stopped"))
 
     @property
     def is_running(self) -> bool:

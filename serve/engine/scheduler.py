@@ -131,8 +131,14 @@ class Scheduler:
         return self.running[-1]
 
     def _schedule_waiting(self, seqs: dict[str, ScheduledSeq], budget: int) -> None:
-        while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
+        while self.waiting and budget > 0:
             req = self.waiting.peek()
+            if len(self.running) >= self.config.max_num_seqs:
+                freed = self._outrank(req, seqs)
+                if freed is None:
+                    return
+                budget += freed
+                continue
             hits, num_hit = [], 0
             looked_up = self.kv.num_blocks_of(req.req_id) == 0
             if looked_up:
@@ -145,12 +151,28 @@ class Scheduler:
                     return
                 num_new = budget
             if not self.kv.allocate_slots(req, num_new, hits):
+                freed = self._outrank(req, seqs)
+                if freed is not None:
+                    budget += freed
+                    continue
                 if seqs or self.running or not self._release_waiting_blocks():
                     return
                 continue  # blocks held by queued samples were the obstacle: retry
             self._admit(req, num_hit, looked_up)
             seqs[req.req_id] = self._make_seq(req, num_new, [])
             budget -= num_new
+
+    def _outrank(self, req: Request, seqs: dict[str, ScheduledSeq]) -> int | None:
+        """Priority mode: preempt the lowest-ranked running request when `req` outranks it. Returns the
+        budget its scheduled tokens gave back, or None when nothing was preempted."""
+        if self.config.policy != "priority" or not self.running:
+            return None
+        victim = self._pick_victim()
+        if (victim.priority, victim.arrival_time) <= (req.priority, req.arrival_time):
+            return None
+        seq = seqs.pop(victim.req_id, None)
+        self._preempt(victim)
+        return len(seq.token_ids) if seq is not None else 0
 
     def _admit(self, req: Request, num_hit: int, looked_up: bool) -> None:
         self.waiting.pop()

@@ -207,3 +207,21 @@ def test_drafts_are_dropped_before_anyone_is_preempted_for_their_slots() -> None
     run(sched, runner)
     assert a.output_token_ids == reference_continuation([1, 2, 3], 4)
     assert_no_leaks(sched)
+
+
+def test_a_higher_priority_arrival_preempts_a_lower_priority_running_request() -> None:
+    sched, runner = make(max_num_seqs=1, policy="priority")
+    low = add(sched, "low", [1, 2, 3], max_tokens=6, priority=3, arrival=1.0)[0]
+    step(sched, runner)
+    step(sched, runner)
+    high = add(sched, "high", [7, 8, 9], max_tokens=3, priority=0, arrival=2.0)[0]
+    batch = sched.schedule()
+    assert [s.req_id for s in batch.seqs] == ["high"] and low.num_preemptions == 1
+    sched.update(batch, runner.execute(batch))
+    same = add(sched, "same", [4, 4], max_tokens=2, priority=0, arrival=3.0)[0]  # ties wait their turn
+    step(sched, runner)
+    assert same.num_computed_tokens == 0 and high.num_preemptions == 0
+    run(sched, runner)
+    assert low.output_token_ids == reference_continuation([1, 2, 3], 6)
+    assert high.output_token_ids == reference_continuation([7, 8, 9], 3)
+    assert_no_leaks(sched)
