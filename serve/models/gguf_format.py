@@ -69,6 +69,8 @@ class _Cursor:
         etype, count = self.unpack("<I"), self.unpack("<Q")
         if etype in _NP_DTYPES:  # numeric arrays in one read
             dt = np.dtype(_NP_DTYPES[etype])
+            if self.pos + dt.itemsize * count > len(self.buf):
+                raise GGUFFormatError("unexpected end of file in a GGUF metadata array")
             arr = np.frombuffer(self.buf, dtype=dt, count=count, offset=self.pos).copy()
             self.pos += dt.itemsize * count
             return arr.tolist()
