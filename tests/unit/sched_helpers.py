@@ -52,4 +52,5 @@ def assert_no_leaks(sched: Scheduler) -> None:
     pool = sched.kv.pool
     assert pool.num_free_blocks == pool.num_blocks, "blocks still held after every request ended"
     assert all(b.ref_cnt == 0 for b in pool.blocks)
+    assert sched.kv.num_tracked_requests() == 0
     assert not sched.requests and not sched.running and not sched.waiting and not sched.pending_siblings

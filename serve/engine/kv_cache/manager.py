@@ -38,8 +38,13 @@ class KVCacheManager:
         return self.pool.num_free_blocks
 
     def block_ids(self, req_id: str) -> list[int]:
-        """The request's block table. A live view: valid until the next allocate/free of it."""
-        return self._block_ids.setdefault(req_id, [])
+        """The request's block table. A live view while it holds blocks (the runner must not keep it
+        past the step); an empty list for a request that holds none."""
+        return self._block_ids.get(req_id, [])
+
+    def num_tracked_requests(self) -> int:
+        """Requests with any bookkeeping here (0 once every request is freed: no leaks)."""
+        return len(self._blocks.keys() | self._block_ids.keys() | self._num_cached.keys())
 
     def num_blocks_of(self, req_id: str) -> int:
         return len(self._blocks.get(req_id, ()))
