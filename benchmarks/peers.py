@@ -39,7 +39,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--level-time-limit", type=float, default=240.0,
                    help="seconds per concurrency level after which no new request is sent")
     p.add_argument("--endpoint", choices=("completions", "chat"), default="completions")
-    p.add_argument("--threads", type=int, default=2, help="CPU threads for the llama.cpp peers")
+    p.add_argument("--threads", type=int, default=1,
+                   help="compute threads for every stack (llama.cpp flags, OMP_NUM_THREADS); 1 is robust on a "
+                        "shared machine, use the core count on a quiet one")
     p.add_argument("--vllm-python", default=None, help="python of the separate vLLM venv")
     p.add_argument("--vllm-model-dir", default=None, help="HF safetensors dir for vLLM (default: exported)")
     p.set_defaults(func=run_peers)
