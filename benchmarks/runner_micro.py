@@ -52,9 +52,11 @@ def main() -> None:
     ap.add_argument("--prompt", type=int, default=128)
     ap.add_argument("--steps", type=int, default=128)
     ap.add_argument("--temperature", type=float, default=0.0)
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
     args = ap.parse_args()
     t0 = time.perf_counter()
-    runner = ModelRunner(RunnerConfig(args.model, dtype=args.dtype, max_model_len=4096))
+    runner = ModelRunner(RunnerConfig(args.model, dtype=args.dtype, max_model_len=4096,
+                                        num_threads=args.threads))
     print(f"runner ready in {time.perf_counter() - t0:.1f} s ({runner.num_blocks} KV blocks)")
     params = SamplingParams(temperature=args.temperature, max_tokens=args.steps)
     run(runner, 1, 16, 8, params)  # warm-up
