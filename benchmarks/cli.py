@@ -9,7 +9,7 @@ import math
 import sys
 from typing import Any
 
-from benchmarks import compare, offline, peers
+from benchmarks import compare, offline, peers, quality
 from benchmarks.datasets import DATASETS, DatasetSpec
 from benchmarks.loadgen import LOADS, LoadSpec
 from benchmarks.slo import parse_slo
@@ -18,11 +18,12 @@ from benchmarks.sweep import DEFAULT_CONCURRENCIES, SweepSpec, parse_values
 
 def add_parser(subparsers: Any) -> None:
     bench = subparsers.add_parser("bench", help="benchmark an OpenAI-compatible endpoint, an engine, or peers")
-    sub = bench.add_subparsers(dest="bench_command", metavar="{serve,compare,peers,offline}")
+    sub = bench.add_subparsers(dest="bench_command", metavar="{serve,compare,peers,offline,quality}")
     add_serve_parser(sub)
     compare.add_parser(sub)
     peers.add_parser(sub)
     offline.add_parser(sub)
+    quality.add_parser(sub)
     bench.set_defaults(func=lambda _a: (bench.print_help(), 2)[1])
 
 

@@ -12,6 +12,7 @@ COMMANDS: dict[str, str] = {
     "serve": "serve.cli_serve",
     "models": "serve.cli_models",
     "bench": "benchmarks.cli",
+    "quantize": "serve.quantize.cli",
 }
 
 

@@ -1,0 +1,1 @@
+"""Offline weight quantization: GPTQ and RTN to GPTQ-format checkpoints (`sluice quantize`)."""

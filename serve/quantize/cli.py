@@ -1,0 +1,73 @@
+"""`sluice quantize --method gptq|rtn --bits 4 --group-size 128 [--act-order] [--sym] MODEL_DIR OUT_DIR --calib FILE`.
+
+MODEL_DIR is a Hugging Face safetensors directory of a Llama-architecture model (make one from a GGUF
+with `python -m benchmarks.hf_export GGUF DIR`). OUT_DIR receives a GPTQ checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from serve.quantize.calibration import PYDOC_TOPICS
+
+
+def add_parser(subparsers: Any) -> None:
+    p = subparsers.add_parser("quantize", help="quantize an HF model directory to a GPTQ checkpoint (GPTQ or RTN)")
+    p.add_argument("model_dir", help="HF safetensors directory (config.json + *.safetensors)")
+    p.add_argument("out_dir", help="output directory for the GPTQ checkpoint")
+    p.add_argument("--method", choices=("gptq", "rtn"), default="gptq")
+    p.add_argument("--bits", type=int, choices=(4, 8), default=4)
+    p.add_argument("--group-size", type=int, default=128, help="columns per scale/zero group; -1: per row")
+    p.add_argument("--act-order", action="store_true", help="GPTQ: quantize columns by decreasing Hessian diagonal")
+    p.add_argument("--sym", action="store_true", help="symmetric grid (zero point fixed at 2^(bits-1))")
+    p.add_argument("--calib", default=PYDOC_TOPICS,
+                   help=f"calibration text file (default: {PYDOC_TOPICS}, Python's own documentation topics)")
+    p.add_argument("--nsamples", type=int, default=128, help="calibration windows")
+    p.add_argument("--seqlen", type=int, default=512, help="tokens per calibration window")
+    p.add_argument("--damp", type=float, default=0.01, help="Hessian dampening, fraction of mean(diag(H))")
+    p.add_argument("--block-size", type=int, default=128, help="GPTQ lazy-update block (columns)")
+    p.add_argument("--dtype", choices=("float16", "bfloat16", "float32"), default="float16",
+                   help="dtype of the tensors left unquantized (embeddings, norms)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    p.set_defaults(func=run)
+
+
+def _check_args(a: argparse.Namespace) -> str | None:
+    model_dir = Path(a.model_dir)
+    if not (model_dir / "config.json").is_file():
+        return f"{model_dir} is not an HF model directory (no config.json)"
+    if json.loads((model_dir / "config.json").read_text()).get("quantization_config"):
+        return f"{model_dir} is already quantized"
+    if a.method == "rtn" and a.act_order:
+        return "--act-order needs calibration data; it applies to --method gptq only"
+    return None
+
+
+def run(a: argparse.Namespace) -> int:
+    err = _check_args(a)
+    if err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        from serve.quantize.driver import QuantizeJob, run_job
+
+        job = QuantizeJob(model_dir=Path(a.model_dir), out_dir=Path(a.out_dir), method=a.method, bits=a.bits,
+                          group_size=a.group_size, sym=a.sym, act_order=a.act_order, calib=a.calib,
+                          nsamples=a.nsamples, seqlen=a.seqlen, damp=a.damp, block_size=a.block_size,
+                          dtype=a.dtype, seed=a.seed, threads=a.threads)
+        t0 = time.perf_counter()
+        out = run_job(job)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps({"out_dir": str(out), "method": a.method, "bits": a.bits, "group_size": a.group_size,
+                      "sym": a.sym, "act_order": a.act_order, "seconds": round(time.perf_counter() - t0, 1)}))
+    return 0

@@ -1,0 +1,78 @@
+"""One quantization job: load the HF model, calibrate, quantize layer by layer, write the checkpoint."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from serve.quantize.calibration import calibration_windows, read_calibration_text
+from serve.quantize.checkpoint import CheckpointMeta, write_checkpoint
+from serve.quantize.gptq import GPTQOptions
+from serve.quantize.grid import QuantSpec
+from serve.quantize.sequential import SEQUENTIAL_GROUPS, Progress, quantize_decoder
+
+
+@dataclass(frozen=True)
+class QuantizeJob:
+    model_dir: Path
+    out_dir: Path
+    method: str = "gptq"
+    bits: int = 4
+    group_size: int = 128
+    sym: bool = False
+    act_order: bool = False
+    calib: str = "pydoc-topics"
+    nsamples: int = 128
+    seqlen: int = 512
+    damp: float = 0.01
+    block_size: int = 128
+    dtype: str = "float16"
+    seed: int = 0
+    threads: int | None = None
+
+
+@contextmanager
+def _layer_progress(num_layers: int) -> Iterator[Progress]:
+    """A rich bar over decoder layers; the description names the linear group being quantized."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+    from rich.progress import Progress as RichProgress
+
+    bar = RichProgress(TextColumn("{task.description:<32}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                       console=Console(stderr=True))
+    with bar:
+        task = bar.add_task("quantize", total=num_layers)
+
+        def update(layer: int, stage: str) -> None:
+            bar.update(task, completed=layer, description=f"layer {layer}: {stage}")
+
+        yield update
+        bar.update(task, completed=num_layers, description="done")
+
+
+def run_job(job: QuantizeJob) -> Path:
+    spec = QuantSpec(bits=job.bits, group_size=job.group_size, sym=job.sym)
+    opts = GPTQOptions(damp_percent=job.damp, block_size=job.block_size, act_order=job.act_order)
+    torch.set_num_threads(job.threads or os.cpu_count() or 1)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(str(job.model_dir), dtype=torch.float32)
+    if getattr(model.config, "model_type", "") != "llama":
+        raise ValueError(f"only Llama-architecture models are supported, got {model.config.model_type!r}")
+    windows = None
+    if job.method == "gptq":
+        tok = AutoTokenizer.from_pretrained(str(job.model_dir))
+        windows = calibration_windows(tok, read_calibration_text(job.calib), job.nsamples, job.seqlen, job.seed)
+    with torch.no_grad(), _layer_progress(len(model.model.layers)) as progress:
+        quantized = quantize_decoder(model.eval(), windows, spec, job.method, opts, progress)
+    expected = len(model.model.layers) * sum(len(g) for g in SEQUENTIAL_GROUPS)
+    if len(quantized) != expected:
+        raise ValueError(f"quantized {len(quantized)} linears, expected {expected}")
+    meta = CheckpointMeta(spec=spec, method=job.method, act_order=job.act_order, damp_percent=job.damp,
+                          dtype=job.dtype)
+    return write_checkpoint(job.model_dir, job.out_dir, quantized, meta)

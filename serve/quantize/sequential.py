@@ -1,0 +1,101 @@
+"""Walk a Llama decoder layer by layer, quantizing each linear from the inputs it really sees.
+
+The forward passes run on transformers' LlamaForCausalLM in float32 on CPU (only the calibration
+forwards; the algorithm is ours). Inputs of layer i are the outputs of layer i-1 *after* its weights
+were quantized, so later layers correct for the error of earlier ones. Inside a layer the linears are
+visited in "true sequential" order: q/k/v (one shared input, one Hessian), then o_proj, then
+gate/up, then down_proj; each group's Hessian is collected after the groups before it were quantized.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from serve.quantize.gptq import GPTQOptions, HessianAccumulator, gptq_quantize
+from serve.quantize.grid import QuantizedWeight, QuantSpec, rtn_quantize
+
+# Linears sharing one input are quantized from one Hessian (and so share act-order's g_idx).
+SEQUENTIAL_GROUPS: tuple[tuple[str, ...], ...] = (
+    ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+    ("self_attn.o_proj",),
+    ("mlp.gate_proj", "mlp.up_proj"),
+    ("mlp.down_proj",),
+)
+
+Progress = Callable[[int, str], None]  # (layer index, stage description)
+
+
+class _StopForward(Exception):
+    pass
+
+
+def _layer_inputs(model: nn.Module, windows: torch.Tensor, batch: int) -> tuple[list[torch.Tensor], dict[str, Any]]:
+    """Run the embedding stage only; returns layer-0 inputs per batch and the shared layer kwargs."""
+    captured: list[torch.Tensor] = []
+    kwargs_seen: dict[str, Any] = {}
+
+    def hook(_mod: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
+        captured.append(args[0] if args else kwargs["hidden_states"])
+        kwargs_seen.update({k: v for k, v in kwargs.items() if k != "hidden_states"})
+        raise _StopForward
+
+    handle = model.model.layers[0].register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        for b in windows.split(batch):
+            with contextlib.suppress(_StopForward):
+                model(input_ids=b, use_cache=False)
+    finally:
+        handle.remove()
+    return captured, kwargs_seen
+
+
+def _run_layer(layer: nn.Module, inputs: list[torch.Tensor], kwargs: dict[str, Any]) -> list[torch.Tensor]:
+    outs = []
+    for x in inputs:
+        y = layer(x, **kwargs)
+        outs.append(y[0] if isinstance(y, tuple) else y)
+    return outs
+
+
+def _collect_hessian(layer: nn.Module, first: nn.Linear, inputs: list[torch.Tensor],
+                     kwargs: dict[str, Any]) -> torch.Tensor:
+    acc = HessianAccumulator(first.in_features)
+    handle = first.register_forward_pre_hook(lambda _m, args: acc.add(args[0]))
+    try:
+        _run_layer(layer, inputs, kwargs)
+    finally:
+        handle.remove()
+    return acc.h
+
+
+def quantize_decoder(model: nn.Module, windows: torch.Tensor | None, spec: QuantSpec, method: str,
+                     opts: GPTQOptions, progress: Progress, batch: int = 8) -> dict[str, QuantizedWeight]:
+    """Quantize every decoder linear of an HF Llama model in place (weights become their dequantized
+    values) and return the integer form by HF module name ("model.layers.3.mlp.up_proj").
+
+    windows: [nsamples, seqlen] token ids (GPTQ only; RTN needs no calibration data).
+    """
+    if method not in ("gptq", "rtn"):
+        raise ValueError(f"unknown method {method!r}; choose gptq or rtn")
+    out: dict[str, QuantizedWeight] = {}
+    layers = model.model.layers
+    inputs, kwargs = _layer_inputs(model, windows, batch) if method == "gptq" else ([], {})
+    for i, layer in enumerate(layers):
+        for group in SEQUENTIAL_GROUPS:
+            progress(i, "+".join(n.split(".")[-1] for n in group))
+            mods = [layer.get_submodule(n) for n in group]
+            h = _collect_hessian(layer, mods[0], inputs, kwargs) if method == "gptq" else None
+            for name, mod in zip(group, mods, strict=True):
+                w = mod.weight.data
+                qw = gptq_quantize(w, h, spec, opts) if h is not None else rtn_quantize(w, spec)
+                mod.weight.data.copy_(qw.dequantize().to(w.dtype))
+                out[f"model.layers.{i}.{name}"] = qw
+        if method == "gptq":
+            progress(i, "forward")
+            inputs = _run_layer(layer, inputs, kwargs)
+    return out
