@@ -46,7 +46,7 @@ class SchedulerConfig:
 @dataclass(frozen=True)
 class EngineConfig:
     model_path: str
-    dtype: str = "bfloat16"
+    dtype: str = "auto"  # bf16 where the hardware has it (CUDA, AVX-512 BF16 / AMX), else f32
     device: str = "auto"
     attention_backend: str = "auto"
     max_model_len: int | None = None  # None: the model's own limit

@@ -26,7 +26,7 @@ class RunnerConfig:
     model_path: str  # .gguf file or HF-style dir
     # "bfloat16" | "float32" | "float16" | "auto" (bf16 on CUDA and on CPUs with native bf16, else f32;
     # on an AVX2-only CPU bf16 matmuls are emulated and several times slower than f32)
-    dtype: str = "bfloat16"
+    dtype: str = "auto"  # bf16 where the hardware has it (CUDA, AVX-512 BF16 / AMX), else f32
     device: str = "auto"  # "auto" -> cuda if available else cpu
     block_size: int = 16
     kv_cache_bytes: int = 1 << 30
