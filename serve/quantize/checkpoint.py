@@ -17,6 +17,7 @@ import torch
 
 from serve.quantize.grid import QuantizedWeight, QuantSpec
 from serve.quantize.packing import to_checkpoint
+from serve.quantize.threads import single_thread
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
                    "generation_config.json", "vocab.json", "merges.txt", "tokenizer.model", "added_tokens.json")
@@ -30,6 +31,7 @@ class CheckpointMeta:
     act_order: bool
     damp_percent: float
     dtype: str = "float16"
+    true_sequential: bool = True
 
 
 def quantization_config(meta: CheckpointMeta) -> dict[str, Any]:
@@ -37,7 +39,7 @@ def quantization_config(meta: CheckpointMeta) -> dict[str, Any]:
     return {
         "quant_method": "gptq", "bits": meta.spec.bits, "group_size": meta.spec.group_size,
         "desc_act": meta.act_order, "sym": meta.spec.sym, "damp_percent": meta.damp_percent,
-        "true_sequential": True, "static_groups": False, "lm_head": False,
+        "true_sequential": meta.true_sequential, "static_groups": False, "lm_head": False,
         "checkpoint_format": "gptq",  # v1 zero points (zero - 1)
         "quantizer": [f"sluice-{meta.method}"],
     }
@@ -75,19 +77,28 @@ def build_tensors(state: dict[str, torch.Tensor], quantized: dict[str, Quantized
 def write_checkpoint(model_dir: Path, out_dir: Path, quantized: dict[str, QuantizedWeight],
                      meta: CheckpointMeta) -> Path:
     """Write out_dir/{model.safetensors, config.json, quantize_config.json, tokenizer files}."""
+    config = json.loads((model_dir / "config.json").read_text())
+    return write_checkpoint_from(_read_state(model_dir), config, out_dir, quantized, meta, files_from=model_dir)
+
+
+def write_checkpoint_from(state: dict[str, torch.Tensor], config: dict[str, Any], out_dir: Path,
+                          quantized: dict[str, QuantizedWeight], meta: CheckpointMeta,
+                          files_from: Path | None = None) -> Path:
+    """Same, from an in-memory state dict and config (a tied lm_head copy is dropped)."""
     from safetensors.torch import save_file
 
-    tensors = build_tensors(_read_state(model_dir), quantized, meta.spec.bits, DTYPES[meta.dtype])
+    if config.get("tie_word_embeddings"):
+        state = {k: v for k, v in state.items() if k != "lm_head.weight"}
+    with single_thread():
+        tensors = build_tensors(state, quantized, meta.spec.bits, DTYPES[meta.dtype])
     out_dir.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(out_dir / "model.safetensors"),
               metadata={"format": "pt"})
-    config = json.loads((model_dir / "config.json").read_text())
     qcfg = quantization_config(meta)
-    config["quantization_config"] = qcfg
-    config["torch_dtype"] = config["dtype"] = meta.dtype
+    config = {**config, "quantization_config": qcfg, "torch_dtype": meta.dtype, "dtype": meta.dtype}
     (out_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     (out_dir / "quantize_config.json").write_text(json.dumps(qcfg, indent=2) + "\n")
-    for name in TOKENIZER_FILES:
-        if (model_dir / name).is_file():
-            shutil.copy2(model_dir / name, out_dir / name)
+    for name in TOKENIZER_FILES if files_from else ():
+        if (files_from / name).is_file():
+            shutil.copy2(files_from / name, out_dir / name)
     return out_dir

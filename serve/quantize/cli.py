@@ -32,6 +32,8 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--seqlen", type=int, default=512, help="tokens per calibration window")
     p.add_argument("--damp", type=float, default=0.01, help="Hessian dampening, fraction of mean(diag(H))")
     p.add_argument("--block-size", type=int, default=128, help="GPTQ lazy-update block (columns)")
+    p.add_argument("--no-true-sequential", action="store_true",
+                   help="GPTQ: one calibration pass per layer for all its linears (faster, slightly worse)")
     p.add_argument("--dtype", choices=("float16", "bfloat16", "float32"), default="float16",
                    help="dtype of the tensors left unquantized (embeddings, norms)")
     p.add_argument("--seed", type=int, default=0)
@@ -62,7 +64,8 @@ def run(a: argparse.Namespace) -> int:
         job = QuantizeJob(model_dir=Path(a.model_dir), out_dir=Path(a.out_dir), method=a.method, bits=a.bits,
                           group_size=a.group_size, sym=a.sym, act_order=a.act_order, calib=a.calib,
                           nsamples=a.nsamples, seqlen=a.seqlen, damp=a.damp, block_size=a.block_size,
-                          dtype=a.dtype, seed=a.seed, threads=a.threads)
+                          dtype=a.dtype, seed=a.seed, threads=a.threads,
+                          true_sequential=not a.no_true_sequential)
         t0 = time.perf_counter()
         out = run_job(job)
     except ValueError as e:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ class QuantizeJob:
     dtype: str = "float16"
     seed: int = 0
     threads: int | None = None
+    true_sequential: bool = True
 
 
 @contextmanager
@@ -50,6 +52,8 @@ def _layer_progress(num_layers: int) -> Iterator[Progress]:
 
         def update(layer: int, stage: str) -> None:
             bar.update(task, completed=layer, description=f"layer {layer}: {stage}")
+            if not bar.console.is_terminal:  # a log file gets one plain line per stage instead of a live bar
+                print(f"layer {layer}/{num_layers}: {stage}", file=sys.stderr, flush=True)
 
         yield update
         bar.update(task, completed=num_layers, description="done")
@@ -69,10 +73,11 @@ def run_job(job: QuantizeJob) -> Path:
         tok = AutoTokenizer.from_pretrained(str(job.model_dir))
         windows = calibration_windows(tok, read_calibration_text(job.calib), job.nsamples, job.seqlen, job.seed)
     with torch.no_grad(), _layer_progress(len(model.model.layers)) as progress:
-        quantized = quantize_decoder(model.eval(), windows, spec, job.method, opts, progress)
+        quantized = quantize_decoder(model.eval(), windows, spec, job.method, opts, progress,
+                                     true_sequential=job.true_sequential)
     expected = len(model.model.layers) * sum(len(g) for g in SEQUENTIAL_GROUPS)
     if len(quantized) != expected:
         raise ValueError(f"quantized {len(quantized)} linears, expected {expected}")
     meta = CheckpointMeta(spec=spec, method=job.method, act_order=job.act_order, damp_percent=job.damp,
-                          dtype=job.dtype)
+                          dtype=job.dtype, true_sequential=job.true_sequential)
     return write_checkpoint(job.model_dir, job.out_dir, quantized, meta)

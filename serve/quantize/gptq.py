@@ -13,17 +13,16 @@ that most of the work is one matmul per block.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 
 from serve.quantize.grid import QuantizedWeight, QuantSpec, grid_params, quantize_codes
+from serve.quantize.threads import single_thread
 
 
 class HessianAccumulator:
-    """Running H = 2/n * sum_i x_i x_i^T over calibration rows; kept in float64 for stability."""
+    """Running H = 2/n * sum_i x_i x_i^T over calibration rows."""
 
     def __init__(self, in_features: int) -> None:
         self.h = torch.zeros(in_features, in_features, dtype=torch.float64)
@@ -31,13 +30,14 @@ class HessianAccumulator:
 
     def add(self, x: torch.Tensor) -> None:
         """x: [..., in_features] activations entering the layer (any float dtype)."""
-        x = x.reshape(-1, x.shape[-1]).double()
+        x = x.reshape(-1, x.shape[-1]).float()
         n = x.shape[0]
         if n == 0:
             return
         total = self.count + n
         self.h.mul_(self.count / total)
-        self.h.addmm_(x.T, x, alpha=2.0 / total)
+        # the product in float32 (fast), the running sum in float64 (no drift over many batches)
+        self.h.add_((x.T @ x).double(), alpha=2.0 / total)
         self.count = total
 
 
@@ -52,18 +52,6 @@ class GPTQOptions:
             raise ValueError(f"damp_percent must be in (0, 1), got {self.damp_percent}")
         if self.block_size < 1:
             raise ValueError(f"block_size must be >= 1, got {self.block_size}")
-
-
-@contextmanager
-def _single_thread() -> Iterator[None]:
-    """The column loop is thousands of tiny ops; with intra-op threads each one pays a fork/join,
-    which on a busy 2-core machine made it 10x slower than one thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _inverse_hessian_factor(h: torch.Tensor, damp_percent: float) -> torch.Tensor:
@@ -103,7 +91,7 @@ def gptq_quantize(w: torch.Tensor, h: torch.Tensor, spec: QuantSpec,
     n, k = w.shape
     if h.shape != (k, k):
         raise ValueError(f"Hessian shape {tuple(h.shape)} does not match weight in_features {k}")
-    with _single_thread():
+    with single_thread():
         return _gptq(w, h, spec, opts)
 
 

@@ -18,6 +18,7 @@ from torch import nn
 
 from serve.quantize.gptq import GPTQOptions, HessianAccumulator, gptq_quantize
 from serve.quantize.grid import QuantizedWeight, QuantSpec, rtn_quantize
+from serve.quantize.threads import single_thread
 
 # Linears sharing one input are quantized from one Hessian (and so share act-order's g_idx).
 SEQUENTIAL_GROUPS: tuple[tuple[str, ...], ...] = (
@@ -62,39 +63,53 @@ def _run_layer(layer: nn.Module, inputs: list[torch.Tensor], kwargs: dict[str, A
     return outs
 
 
-def _collect_hessian(layer: nn.Module, first: nn.Linear, inputs: list[torch.Tensor],
-                     kwargs: dict[str, Any]) -> torch.Tensor:
-    acc = HessianAccumulator(first.in_features)
-    handle = first.register_forward_pre_hook(lambda _m, args: acc.add(args[0]))
+def _collect_hessians(layer: nn.Module, firsts: list[nn.Linear], inputs: list[torch.Tensor],
+                      kwargs: dict[str, Any]) -> list[torch.Tensor]:
+    """One pass over the calibration inputs; a Hessian for the input of each module in `firsts`."""
+    accs = [HessianAccumulator(m.in_features) for m in firsts]
+    handles = [m.register_forward_pre_hook(lambda _m, args, acc=acc: acc.add(args[0]))
+               for m, acc in zip(firsts, accs, strict=True)]
     try:
         _run_layer(layer, inputs, kwargs)
     finally:
-        handle.remove()
-    return acc.h
+        for h in handles:
+            h.remove()
+    return [a.h for a in accs]
+
+
+def _quantize_group(layer: nn.Module, prefix: str, group: tuple[str, ...], h: torch.Tensor | None, spec: QuantSpec,
+                    opts: GPTQOptions, out: dict[str, QuantizedWeight]) -> None:
+    for name in group:
+        mod = layer.get_submodule(name)
+        w = mod.weight.data
+        with single_thread():
+            qw = gptq_quantize(w, h, spec, opts) if h is not None else rtn_quantize(w, spec)
+            mod.weight.data.copy_(qw.dequantize().to(w.dtype))
+        out[f"{prefix}.{name}"] = qw
 
 
 def quantize_decoder(model: nn.Module, windows: torch.Tensor | None, spec: QuantSpec, method: str,
-                     opts: GPTQOptions, progress: Progress, batch: int = 8) -> dict[str, QuantizedWeight]:
+                     opts: GPTQOptions, progress: Progress, batch: int = 8,
+                     true_sequential: bool = True) -> dict[str, QuantizedWeight]:
     """Quantize every decoder linear of an HF Llama model in place (weights become their dequantized
     values) and return the integer form by HF module name ("model.layers.3.mlp.up_proj").
 
     windows: [nsamples, seqlen] token ids (GPTQ only; RTN needs no calibration data).
+    true_sequential=False collects all four Hessians of a layer in one pass (2 forwards per layer
+    instead of 5); inputs of o_proj / down_proj then come from the unquantized layer.
     """
     if method not in ("gptq", "rtn"):
         raise ValueError(f"unknown method {method!r}; choose gptq or rtn")
     out: dict[str, QuantizedWeight] = {}
-    layers = model.model.layers
     inputs, kwargs = _layer_inputs(model, windows, batch) if method == "gptq" else ([], {})
-    for i, layer in enumerate(layers):
-        for group in SEQUENTIAL_GROUPS:
-            progress(i, "+".join(n.split(".")[-1] for n in group))
-            mods = [layer.get_submodule(n) for n in group]
-            h = _collect_hessian(layer, mods[0], inputs, kwargs) if method == "gptq" else None
-            for name, mod in zip(group, mods, strict=True):
-                w = mod.weight.data
-                qw = gptq_quantize(w, h, spec, opts) if h is not None else rtn_quantize(w, spec)
-                mod.weight.data.copy_(qw.dequantize().to(w.dtype))
-                out[f"model.layers.{i}.{name}"] = qw
+    for i, layer in enumerate(model.model.layers):
+        passes = [SEQUENTIAL_GROUPS] if not true_sequential else [(g,) for g in SEQUENTIAL_GROUPS]
+        for groups in passes:
+            progress(i, ", ".join("+".join(n.split(".")[-1] for n in g) for g in groups))
+            firsts = [layer.get_submodule(g[0]) for g in groups]
+            hs = _collect_hessians(layer, firsts, inputs, kwargs) if method == "gptq" else [None] * len(groups)
+            for g, h in zip(groups, hs, strict=True):
+                _quantize_group(layer, f"model.layers.{i}", g, h, spec, opts, out)
         if method == "gptq":
             progress(i, "forward")
             inputs = _run_layer(layer, inputs, kwargs)
