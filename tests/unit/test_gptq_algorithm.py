@@ -33,7 +33,7 @@ def test_gptq_output_error_below_rtn(spec: QuantSpec, act_order: bool) -> None:
     acc = HessianAccumulator(k)
     for chunk in x.split(500):  # running average over uneven batches == one big batch
         acc.add(chunk)
-    torch.testing.assert_close(acc.h, 2 * x.double().T @ x.double() / x.shape[0])
+    torch.testing.assert_close(acc.h, 2 * x.double().T @ x.double() / x.shape[0], rtol=1e-5, atol=1e-3)
     gptq = gptq_quantize(w, acc.h, spec, GPTQOptions(act_order=act_order, block_size=32))
     rtn = rtn_quantize(w, spec)
     e_gptq, e_rtn = _output_error(x, w, gptq.dequantize()), _output_error(x, w, rtn.dequantize())
