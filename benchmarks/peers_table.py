@@ -42,6 +42,13 @@ def readme(results: Sequence[dict[str, Any]], names: Sequence[str], skipped: Seq
     if machine:
         lines.append(f"Machine: {machine['cpu_model']}, {machine['cores_logical']} logical cores, "
                      f"{machine['ram_gib']} GiB RAM. Commit: {results[0]['git_commit']}.\n")
+    busy = [r["machine"].get("load_avg_1m") or 0.0 for r in results]
+    if machine and busy and max(busy) > 0.75 * (machine.get("cores_logical") or 1):
+        lines.append(f"\n**Caveat: the machine was busy with other work during this run** (1-minute load "
+                     f"average {min(busy):.1f}-{max(busy):.1f} on {machine['cores_logical']} cores; no two stacks ran at once, "
+                     "but other jobs did). Absolute numbers are far "
+                     "below what these stacks do on a quiet machine; stacks measured at different load are "
+                     "not strictly comparable. Re-run `sluice bench peers` on a quiet machine.\n")
     lines += ["\n", table, "\n"]
     for res, name in zip(results, names, strict=True):
         st = res.get("stack", {})
