@@ -19,7 +19,7 @@ def test_offline_llamacpp_reports_prefill_and_decode(tmp_path: Path) -> None:
     out = tmp_path / "off.json"
     rc = main(["bench", "offline", "--backend", "llamacpp", "--model", MODEL, "--num-prompts", "3",
                "--input-len", "24", "--output-len", "6", "--concurrency", "2", "-o", "n_parallel=2",
-               "-o", "n_ctx_per_seq=128", "--out", str(out)])
+               "-o", "n_ctx_per_seq=128", "-o", "n_threads=1", "--out", str(out)])
     assert rc == 0
     res = json.loads(out.read_text())
     assert res["schema"] == "sluice.bench.offline"
