@@ -38,6 +38,8 @@ def resolve_quant(path: str | Path, requested: str = "none") -> str:
     asking for a different scheme on a pre-quantized checkpoint is an error."""
     qcfg = checkpoint_quant_config(path)
     if qcfg is None:
+        if requested == "gguf" and Path(path).suffix != ".gguf":
+            raise ValueError("quantization='gguf' needs a .gguf checkpoint")
         return requested
     method = str(qcfg.get("quant_method", "")).lower()
     if method != "gptq":
@@ -87,7 +89,8 @@ def adapt_weights(path: str | Path, weights: Iterable[tuple[str, Any]]) -> Itera
 def load_model_quantized(path: str | Path, dtype: str = "bfloat16", device: str | torch.device = "cpu",
                          attention_backend: str = "auto", quant: str = "none", max_positions: int | None = None,
                          block_size: int = 16) -> torch.nn.Module:
-    """serve.models.loader.load_model, plus GPTQ checkpoints and quant methods chosen by the checkpoint."""
+    """serve.models.loader.load_model, plus GPTQ checkpoints, quant methods chosen by the checkpoint,
+    and quant="gguf" (a GGUF's Q4_0 / Q4_1 blocks into the int4 kernel)."""
     from serve.attention.base import get_backend
     from serve.models.loader import DTYPES, iter_weights, load_model_config
     from serve.models.registry import model_class
@@ -100,6 +103,13 @@ def load_model_quantized(path: str | Path, dtype: str = "bfloat16", device: str 
     backend = get_backend(attention_backend, dev, block_size)
     with dev:
         model = model_class(cfg.architecture)(cfg, backend, DTYPES[dtype], quant=quant, max_positions=max_positions)
+    if quant == "gguf":
+        from serve.layers.quant.gguf import gguf_int4_weights
+        from serve.models.loader import resolve_checkpoint
+
+        weights = gguf_int4_weights(resolve_checkpoint(path), cfg)
+    else:
+        weights = adapt_weights(path, iter_weights(path, cfg))
     with torch.no_grad():
-        model.load_weights(adapt_weights(path, iter_weights(path, cfg)))
+        model.load_weights(weights)
     return model.eval()

@@ -59,10 +59,19 @@ def pack_int4(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, gr
         raise ValueError(f"int4 kernel cannot take a [{n}, {k}] weight with group size {group_size}")
     ckpt_group = (torch.arange(k // g) * g) // group_size  # checkpoint group of each kernel group
     s = scales.float()[ckpt_group]
-    offset = (8 - zeros.float()[ckpt_group]) * s
-    scale_zero = torch.stack([s, offset], dim=-1).to(dtype).contiguous()
+    return pack_int4_affine(codes, s, (8 - zeros.float()[ckpt_group]) * s, g, dtype)
+
+
+def pack_int4_affine(codes: torch.Tensor, scales: torch.Tensor, offsets: torch.Tensor, group: int,
+                     dtype: torch.dtype) -> Int4Weight:
+    """The kernel's own form: w = (code - 8) * scale + offset; scales/offsets [K / group, N]
+    (GGUF's Q4_1 `d * q + m` is scale d, offset m + 8 d; Q4_0's `d * (q - 8)` is offset 0)."""
+    n, k = codes.shape
+    if group not in KERNEL_GROUPS or k % group or n % 16:
+        raise ValueError(f"int4 kernel cannot take a [{n}, {k}] weight with group size {group}")
+    scale_zero = torch.stack([scales.float(), offsets.float()], dim=-1).to(dtype).contiguous()
     packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes.to(torch.int32).contiguous(), 1)
-    return Int4Weight(packed=packed, scale_zero=scale_zero, group=g)
+    return Int4Weight(packed=packed, scale_zero=scale_zero, group=group)
 
 
 def int4_matmul(x: torch.Tensor, w: Int4Weight) -> torch.Tensor:
