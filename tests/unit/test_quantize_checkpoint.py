@@ -31,7 +31,7 @@ def _tiny_llama(path: Path) -> torch.nn.Module:
     return model
 
 
-def _quantize(tmp_path: Path, method: str, act_order: bool) -> tuple[torch.nn.Module, Path]:
+def _quantize(tmp_path: Path, method: str, act_order: bool, true_sequential: bool = True) -> tuple[torch.nn.Module, Path]:
     src, out = tmp_path / "hf", tmp_path / f"q-{method}"
     model = _tiny_llama(src)
     windows = torch.randint(0, 96, (6, 48), generator=torch.Generator().manual_seed(1))
@@ -39,17 +39,18 @@ def _quantize(tmp_path: Path, method: str, act_order: bool) -> tuple[torch.nn.Mo
     stages: list[tuple[int, str]] = []
     with torch.no_grad():
         q = quantize_decoder(model, windows, spec, method, GPTQOptions(act_order=act_order),
-                             lambda i, s: stages.append((i, s)))
-    assert len(q) == 14 and stages[0] == (0, "q_proj+k_proj+v_proj")
+                             lambda i, s: stages.append((i, s)), true_sequential=true_sequential)
+    assert len(q) == 14 and stages[0][1].startswith("q_proj+k_proj+v_proj")
     write_checkpoint(src, out, q, CheckpointMeta(spec, method, act_order, 0.01, dtype="float32"))
     return model, out
 
 
-@pytest.mark.parametrize("method,act_order", [("gptq", False), ("gptq", True), ("rtn", False)])
-def test_native_engine_runs_the_checkpoint(tmp_path: Path, method: str, act_order: bool) -> None:
+@pytest.mark.parametrize("method,act_order,true_sequential", [("gptq", False, True), ("gptq", True, True),
+                                                              ("gptq", False, False), ("rtn", False, True)])
+def test_native_engine_runs_the_checkpoint(tmp_path: Path, method: str, act_order: bool, true_sequential: bool) -> None:
     from benchmarks.quality_models import NativeLM
 
-    hf_model, out = _quantize(tmp_path, method, act_order)
+    hf_model, out = _quantize(tmp_path, method, act_order, true_sequential)
     cfg = json.loads((out / "config.json").read_text())["quantization_config"]
     assert cfg["quant_method"] == "gptq" and cfg["bits"] == 4 and cfg["group_size"] == 32
     assert cfg["desc_act"] is act_order and cfg["checkpoint_format"] == "gptq"
