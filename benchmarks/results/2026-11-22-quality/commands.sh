@@ -33,3 +33,7 @@ done
 .venv/bin/python -m benchmarks.quant_decode --steps 32 --rounds 5 --threads 1 --out $R/decode.json \
   --variant bf16=$HF --variant int8=$HF:int8 --variant gptq-int4-g128=$Q/smollm2-gptq-int4-g128-damp0.01 \
   --variant gguf-q4_1-int4=$GGUF:gguf --variant gguf-dequantized-bf16=$GGUF
+# the same with float32 activations (the engine's "auto" dtype on this AVX2 machine)
+.venv/bin/python -m benchmarks.quant_decode --dtype float32 --steps 32 --rounds 5 --threads 1 --out $R/decode-f32.json \
+  --variant f32=$HF --variant int8=$HF:int8 --variant gptq-int4-g128=$Q/smollm2-gptq-int4-g128-damp0.01 \
+  --variant gguf-q4_1-int4=$GGUF:gguf
