@@ -39,6 +39,7 @@ class AttentionBackend(Protocol):
 _BACKENDS = {
     "torch_sdpa": "serve.attention.torch_sdpa:TorchSDPABackend",
     "flash_attn": "serve.attention.flash_attn:FlashAttnBackend",
+    "triton": "serve.attention.triton_attn:TritonAttnBackend",
 }
 
 
@@ -50,11 +51,14 @@ def default_backend(device: torch.device, block_size: int) -> str:
     # flash-attn's paged kernels need pages of a multiple of 256 tokens.
     if device.type == "cuda" and block_size % 256 == 0 and importlib.util.find_spec("flash_attn") is not None:
         return "flash_attn"
+    if device.type == "cuda" and importlib.util.find_spec("triton") is not None:
+        return "triton"  # our paged kernel: any block size
     return "torch_sdpa"
 
 
 def get_backend(name: str, device: torch.device, block_size: int = 16) -> AttentionBackend:
-    """Instantiate the backend `name` ("auto" picks flash_attn on CUDA when usable, else torch_sdpa)."""
+    """Instantiate the backend `name` ("auto": flash_attn on CUDA when usable, else triton on CUDA when
+    installed, else torch_sdpa)."""
     if name == "auto":
         name = default_backend(device, block_size)
     if name not in _BACKENDS:

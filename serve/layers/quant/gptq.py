@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from serve.kernels import gptq_hook
 from serve.layers.quant.base import register_quant_method
 from serve.layers.quant.int4_cpu import int4_matmul, int4_supported, pack_int4
 from serve.quantize.dequant import dequantize_gptq
@@ -125,6 +126,8 @@ class GPTQMethod(GPTQReferenceMethod):
         group = k if parts[0].group_size == -1 else parts[0].group_size
         same_gidx = all(torch.equal(p.g_idx, parts[0].g_idx) for p in parts)
         device = torch.get_default_device()
+        if device.type == "cuda" and bits == 4 and gptq_hook.attach(layer, parts, pending.out_features):
+            return  # packed as in the checkpoint for the Triton dequant-GEMM (serve/kernels/triton_gptq.py)
         if bits != 4 or not same_gidx or not int4_supported(pending.out_features, k, group, device):
             log.info("GPTQ layer [%d, %d] (bits=%d, group=%d) has no int4 kernel here; using dequantized weights",
                      pending.out_features, k, bits, group)
@@ -140,6 +143,8 @@ class GPTQMethod(GPTQReferenceMethod):
         layer.int4 = pack_int4(codes, scales, zeros, group, pending.dtype)
 
     def apply(self, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        if x.is_cuda and hasattr(layer, "gptq_packed"):
+            return gptq_hook.apply(layer, x)
         if not hasattr(layer, "int4"):
             return F.linear(x, layer.weight)
         if layer.input_perm is not None:
