@@ -25,7 +25,9 @@ def add_parser(sub: Any) -> None:
     p = sub.add_parser("quality", help="perplexity of a model variant over held-out text (sliding window)")
     p.add_argument("--model", required=True, help="HF dir, GPTQ dir, or .gguf file")
     p.add_argument("--engine", choices=("native", "transformers", "llamacpp"), default="native")
-    p.add_argument("--quant", default="none", help="native: none | int8 | gptq | gptq_reference (GPTQ dirs: auto)")
+    p.add_argument("--quant", default="auto",
+                   help="native: auto (the checkpoint's own format: GPTQ dir -> gptq, .gguf -> gguf int4, else "
+                        "none) or a quant method (none, int8, gptq, gptq_reference, gguf, ...)")
     p.add_argument("--dtype", default="bfloat16", help="native activation/weight dtype")
     p.add_argument("--tokenizer", default=None, help="HF dir or .gguf whose tokenizer defines the token ids")
     p.add_argument("--text", default=str(DEFAULT_TEXT), help="evaluation text file")
@@ -70,6 +72,7 @@ def measure(a: argparse.Namespace) -> dict[str, Any]:
         "eval_s": round(time.perf_counter() - t0, 1),
     }
     if isinstance(lm, quality_models.NativeLM):
+        out["quant"] = lm.quantization  # what "auto" resolved to
         out["weight_bytes_in_memory"] = lm.weight_bytes()
         if a.decode_steps:
             out["decode_tok_s"] = round(lm.decode_tokens_per_s(ids[:32], a.decode_steps), 2)

@@ -23,12 +23,13 @@ class LogitsModel(Protocol):
 
 
 class NativeLM:
-    def __init__(self, path: str, dtype: str = "bfloat16", quant: str = "none", max_len: int = 2048,
+    def __init__(self, path: str, dtype: str = "bfloat16", quant: str = "auto", max_len: int = 2048,
                  block_size: int = 16) -> None:
-        from serve.layers.quant.checkpoint_loading import load_model_quantized
+        from serve.models.loader import load_model
 
-        self.model = load_model_quantized(path, dtype=dtype, quant=quant, max_positions=max_len,
-                                          block_size=block_size)
+        self.model = load_model(path, dtype=dtype, device="cpu", quant=quant, max_positions=max_len,
+                                block_size=block_size)
+        self.quantization: str = self.model.quantization
         cfg = self.model.cfg
         self.block_size = block_size
         blocks = -(-max_len // block_size)

@@ -25,7 +25,7 @@ def parse_variant(text: str) -> tuple[str, str, str]:
     if not sep or not label or not rest:
         raise ValueError(f"--variant must look like label=PATH[:quant], got {text!r}")
     path, _, quant = rest.partition(":")
-    return label, path, quant or "none"
+    return label, path, quant or "auto"
 
 
 def main(argv: list[str]) -> int:

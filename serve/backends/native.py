@@ -1,7 +1,7 @@
 """`native` backend: our own paged-KV engine (serve/engine + serve/worker) behind the Backend protocol.
 
 Options (ReplicaSpec.options, see serve.engine.config.EngineConfig.from_options): dtype, device,
-attention_backend, max_model_len, num_threads, block_size, kv_cache_bytes, enable_prefix_caching,
+attention_backend, max_model_len, num_threads, quantization, block_size, kv_cache_bytes, enable_prefix_caching,
 max_num_seqs, max_num_batched_tokens, enable_chunked_prefill, policy.
 """
 
@@ -67,7 +67,8 @@ class NativeBackend:
             chat_template=getattr(self.tokenizer, "chat_template", None),
             bos_token=getattr(self.tokenizer, "bos_token", None) or "",
             eos_token=getattr(self.tokenizer, "eos_token", None) or "",
-            extra={"num_kv_blocks": llm.runner.num_blocks, "block_size": llm.runner.block_size},
+            extra={"num_kv_blocks": llm.runner.num_blocks, "block_size": llm.runner.block_size,
+                   "quantization": getattr(llm.runner.model, "quantization", "none")},
         )
 
     async def stop(self) -> None:

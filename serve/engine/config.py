@@ -51,6 +51,7 @@ class EngineConfig:
     attention_backend: str = "auto"
     max_model_len: int | None = None  # None: the model's own limit
     num_threads: int | None = None
+    quantization: str = "auto"  # the checkpoint's own format (GPTQ dir, GGUF) or a quant method name
     cache: CacheConfig = field(default_factory=CacheConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
 
@@ -85,7 +86,7 @@ class EngineConfig:
         return {"model_path": self.model_path, "dtype": self.dtype, "device": self.device,
                 "block_size": self.cache.block_size, "kv_cache_bytes": self.cache.kv_cache_bytes,
                 "attention_backend": self.attention_backend, "max_model_len": self.max_model_len,
-                "num_threads": self.num_threads}
+                "num_threads": self.num_threads, "quantization": self.quantization}
 
 
 def _coerce(cls: type, name: str, value: Any) -> Any:

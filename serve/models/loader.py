@@ -3,24 +3,27 @@
 Public entry points used by the control plane and the HTTP layer:
     load_model_config(path) -> ModelArchConfig
     load_tokenizer(path)    -> transformers fast tokenizer, chat_template set when the checkpoint has one
-    load_model(path, dtype=..., device=..., attention_backend=...) -> LlamaForCausalLM (weights loaded)
+    load_model(path, dtype=..., device=..., attention_backend=..., quant=...) -> LlamaForCausalLM (weights loaded)
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import logging
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from serve.attention.base import get_backend
+from serve.layers.quant.checkpoint_loading import adapt_weights, resolve_quant
 from serve.models.config import ModelArchConfig, from_hf_dict
 from serve.models.gguf_reader import GGUFModelFile
 from serve.models.registry import model_class
 from serve.models.tokenizer import load_tokenizer_from
 
+log = logging.getLogger(__name__)
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16}
 DTYPE_CHOICES = (*DTYPES, "auto")
 
@@ -126,16 +129,34 @@ def iter_weights(path: str | Path, cfg: ModelArchConfig) -> Iterator[tuple[str, 
                 yield name, st.get_tensor(name)
 
 
+def checkpoint_weights(p: Path, cfg: ModelArchConfig, quant: str) -> Iterable[tuple[str, Any]]:
+    """The weight stream in the form `quant` takes: GGUF Q4 blocks undecoded for "gguf", GPTQ tensors
+    grouped per module for GPTQ checkpoints, float tensors otherwise."""
+    if quant == "gguf":
+        from serve.layers.quant.gguf import gguf_int4_weights
+
+        return gguf_int4_weights(p, cfg)
+    return adapt_weights(p, iter_weights(p, cfg))
+
+
 def load_model(path: str | Path, dtype: str = "auto", device: str | torch.device = "cpu",
-               attention_backend: str = "auto", quant: str = "none",
+               attention_backend: str = "auto", quant: str = "auto",
                max_positions: int | None = None, block_size: int = 16) -> torch.nn.Module:
-    """Build the model for the checkpoint's architecture and load its weights (eval, no grad)."""
+    """Build the model for the checkpoint's architecture and load its weights (eval, no grad).
+
+    quant: "auto" (the checkpoint's own format: GPTQ dir -> "gptq", GGUF -> "gguf", else "none") or a
+    registered quant method name. The method used is logged and kept as `model.quantization`.
+    """
     dev = torch.device(device)
     torch_dtype = resolve_dtype(dtype, dev)
-    cfg = load_model_config(path)
+    p = resolve_checkpoint(path)
+    cfg = load_model_config(p)
+    method = resolve_quant(p, quant, dev)
+    log.info("loading %s: quantization=%s (requested %s), dtype=%s", p.name, method, quant, torch_dtype)
     backend = get_backend(attention_backend, dev, block_size)
     with dev:
-        model = model_class(cfg.architecture)(cfg, backend, torch_dtype, quant=quant, max_positions=max_positions)
+        model = model_class(cfg.architecture)(cfg, backend, torch_dtype, quant=method, max_positions=max_positions)
     with torch.no_grad():
-        model.load_weights(iter_weights(path, cfg))
+        model.load_weights(checkpoint_weights(p, cfg, method))
+    model.quantization = method
     return model.eval()

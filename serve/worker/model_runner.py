@@ -33,6 +33,7 @@ class RunnerConfig:
     attention_backend: str = "auto"
     max_model_len: int | None = None  # default: model's context length
     num_threads: int | None = None  # torch threads on CPU; default all cores
+    quantization: str = "auto"  # "auto": the checkpoint's own format (GPTQ, GGUF int4), else a quant method name
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPE_CHOICES:
@@ -62,7 +63,7 @@ class ModelRunner:
         self.dtype = resolve_dtype(cfg.dtype, self.device)
         self.model = load_model(cfg.model_path, dtype=cfg.dtype, device=self.device,
                                 attention_backend=cfg.attention_backend, max_positions=self.max_model_len,
-                                block_size=cfg.block_size)
+                                block_size=cfg.block_size, quant=cfg.quantization)
         self.num_blocks = self._allocate_kv_cache()
         self.tokenizer = load_tokenizer(cfg.model_path)
         eos = list(self.model_config.eos_token_ids)

@@ -24,12 +24,13 @@ def gguf_path() -> str:
 
 @functools.lru_cache(maxsize=2)
 def runner(dtype: str = "float32"):
-    """A real ModelRunner on the bundled GGUF with a small KV cache (256 blocks of 16 tokens)."""
+    """A real ModelRunner on the bundled GGUF, dequantized to float (quantization="none": the runner and
+    equivalence tests compare float paths), with a small KV cache (256 blocks of 16 tokens)."""
     from serve.worker.model_runner import ModelRunner, RunnerConfig
 
     path = gguf_path()
     return ModelRunner(RunnerConfig(path, dtype=dtype, device="cpu", kv_cache_bytes=256 * 368_640 * 2,
-                                    max_model_len=2048))
+                                    max_model_len=2048, quantization="none"))
 
 
 @functools.lru_cache(maxsize=1)

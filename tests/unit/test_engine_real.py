@@ -31,7 +31,8 @@ def runner() -> Any:
     from serve.worker.model_runner import ModelRunner, RunnerConfig
 
     return ModelRunner(RunnerConfig(str(model_store.model_path(MODEL)), dtype="float32",
-                                    kv_cache_bytes=32 << 20, num_threads=2))
+                                    kv_cache_bytes=32 << 20, num_threads=2,
+                                    quantization="none"))
 
 
 @pytest.fixture(scope="module")

@@ -1,13 +1,11 @@
-"""Which quant method a checkpoint needs, and its weight stream in the form that method takes.
+"""Which quant method a checkpoint is served with, and its weight stream in the form that method takes.
 
 The model's `load_weights` consumes (HF name, tensor) pairs with float `X.weight` tensors. A GPTQ
 checkpoint instead holds `X.qweight / X.qzeros / X.scales / X.g_idx`; `gptq_weights` gathers those
 four per module and yields (`X.weight`, GPTQShard), so the model code stays unaware of the format.
 
-Hook for serve/models/loader.py (data plane), two lines in `load_model`:
-    quant = resolve_quant(path, quant)
-    weights = adapt_weights(path, iter_weights(path, cfg))
-`load_model_quantized` below is `load_model` with that hook, for callers that need it today.
+`serve.models.loader.load_model` calls `resolve_quant` (the `quantization` option: "auto" or a
+registered method name) and `adapt_weights` / `gguf_int4_weights` for the weight stream.
 """
 
 from __future__ import annotations
@@ -22,6 +20,8 @@ import torch
 from serve.layers.quant.gptq import GPTQShard
 
 _GPTQ_PARTS = ("qweight", "qzeros", "scales", "g_idx")
+AUTO = "auto"
+GPTQ_METHODS = ("gptq", "gptq_reference")  # the methods that read a GPTQ checkpoint's packed tensors
 
 
 def checkpoint_quant_config(path: str | Path) -> dict[str, Any] | None:
@@ -33,20 +33,56 @@ def checkpoint_quant_config(path: str | Path) -> dict[str, Any] | None:
     return json.loads(cfg.read_text()).get("quantization_config")
 
 
-def resolve_quant(path: str | Path, requested: str = "none") -> str:
-    """The quant method to build the model with: the checkpoint's own format wins over "none";
-    asking for a different scheme on a pre-quantized checkpoint is an error."""
-    qcfg = checkpoint_quant_config(path)
+def checkpoint_format(path: str | Path) -> str | None:
+    """"gptq" (HF dir with a GPTQ quantization_config), "gguf" (a .gguf file, or a dir holding one),
+    or None (a float HF directory). Other quantized HF formats are an error: we cannot serve them."""
+    from serve.models.loader import resolve_checkpoint
+
+    p = resolve_checkpoint(path)
+    if p.is_file():
+        return "gguf"
+    qcfg = checkpoint_quant_config(p)
     if qcfg is None:
-        if requested == "gguf" and Path(path).suffix != ".gguf":
-            raise ValueError("quantization='gguf' needs a .gguf checkpoint")
-        return requested
+        return None
     method = str(qcfg.get("quant_method", "")).lower()
     if method != "gptq":
         raise ValueError(f"checkpoint quant_method {method!r} is not supported by the native engine (gptq is)")
-    if requested in ("none", "gptq", "gptq_reference"):
-        return "gptq" if requested == "none" else requested
-    raise ValueError(f"{path} is a GPTQ checkpoint; quantization={requested!r} cannot be applied on top of it")
+    return "gptq"
+
+
+def auto_quant(fmt: str | None, device: torch.device | None = None) -> str:
+    """What quantization="auto" means for a checkpoint of format `fmt` (see `checkpoint_format`) on
+    `device`: its own format (GPTQ -> int4 kernel, GGUF -> Q4_0/Q4_1 blocks into the int4 kernel), else
+    float. The one place to change to pick a faster method for float checkpoints."""
+    return fmt or "none"
+
+
+def _check_registered(name: str) -> None:
+    from serve.layers.quant.base import get_quant_method
+
+    try:
+        get_quant_method(name)
+    except ValueError as e:
+        raise ValueError(f"{e} (or {AUTO!r}: the checkpoint's own format)") from None
+
+
+def resolve_quant(path: str | Path, requested: str = AUTO, device: torch.device | None = None) -> str:
+    """The quant method to build the model with. "auto": `auto_quant`. An explicit method must be
+    registered and must fit the checkpoint: GPTQ checkpoints take only the GPTQ methods, "gguf" needs
+    a GGUF file; float methods (none, int8, ...) take float or GGUF weights."""
+    fmt = checkpoint_format(path)
+    if requested == AUTO:
+        return auto_quant(fmt, device)
+    _check_registered(requested)
+    if fmt == "gptq" and requested not in GPTQ_METHODS:
+        raise ValueError(f"{path} is a GPTQ checkpoint; quantization={requested!r} cannot be applied on top of it "
+                         f"(use {AUTO!r} or one of: {', '.join(GPTQ_METHODS)})")
+    if fmt != "gptq" and requested in GPTQ_METHODS:
+        raise ValueError(f"quantization={requested!r} needs a GPTQ checkpoint (an HF dir whose config.json has "
+                         f"quantization_config.quant_method 'gptq'); {path} is not one")
+    if requested == "gguf" and fmt != "gguf":
+        raise ValueError(f"quantization='gguf' needs a .gguf checkpoint; {path} is not one")
+    return requested
 
 
 def _shard(parts: dict[str, torch.Tensor], qcfg: dict[str, Any]) -> GPTQShard:
@@ -84,32 +120,3 @@ def gptq_weights(weights: Iterable[tuple[str, Any]], qcfg: dict[str, Any]) -> It
 def adapt_weights(path: str | Path, weights: Iterable[tuple[str, Any]]) -> Iterable[tuple[str, Any]]:
     qcfg = checkpoint_quant_config(path)
     return weights if qcfg is None else gptq_weights(weights, qcfg)
-
-
-def load_model_quantized(path: str | Path, dtype: str = "bfloat16", device: str | torch.device = "cpu",
-                         attention_backend: str = "auto", quant: str = "none", max_positions: int | None = None,
-                         block_size: int = 16) -> torch.nn.Module:
-    """serve.models.loader.load_model, plus GPTQ checkpoints, quant methods chosen by the checkpoint,
-    and quant="gguf" (a GGUF's Q4_0 / Q4_1 blocks into the int4 kernel)."""
-    from serve.attention.base import get_backend
-    from serve.models.loader import DTYPES, iter_weights, load_model_config
-    from serve.models.registry import model_class
-
-    if dtype not in DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; choose one of: {', '.join(DTYPES)}")
-    quant = resolve_quant(path, quant)
-    cfg = load_model_config(path)
-    dev = torch.device(device)
-    backend = get_backend(attention_backend, dev, block_size)
-    with dev:
-        model = model_class(cfg.architecture)(cfg, backend, DTYPES[dtype], quant=quant, max_positions=max_positions)
-    if quant == "gguf":
-        from serve.layers.quant.gguf import gguf_int4_weights
-        from serve.models.loader import resolve_checkpoint
-
-        weights = gguf_int4_weights(resolve_checkpoint(path), cfg)
-    else:
-        weights = adapt_weights(path, iter_weights(path, cfg))
-    with torch.no_grad():
-        model.load_weights(weights)
-    return model.eval()

@@ -69,6 +69,7 @@ def gguf_int4_weights(path: str | Path, cfg: object) -> Iterator[tuple[str, obje
     from serve.models.gguf_reader import GGUFModelFile, hf_name
 
     container = GGUFModelFile(path).container
+    blocks, dense = 0, []
     for gguf_name, info in container.tensors.items():
         name = hf_name(gguf_name)
         if name is None:
@@ -79,12 +80,18 @@ def gguf_int4_weights(path: str | Path, cfg: object) -> Iterator[tuple[str, obje
             s = decode_q4_blocks(container.raw(gguf_name), info.ggml_type)
             if heads:
                 s = GGUFInt4Shard(*(_unpermute(t, heads) for t in (s.codes, s.scales, s.offsets)))
+            blocks += 1
             yield name, s
             continue
         if name.startswith("model.layers.") and name.endswith("proj.weight"):
-            log.info("GGUF tensor %s (ggml type %d) has no int4 path; dequantized", gguf_name, info.ggml_type)
+            # Q8_0 (per-32 block scales) has no exact form in torch's per-channel int8 kernel; K-quants'
+            # super-blocks none in the int4 kernel: these linears run dense
+            log.info("GGUF tensor %s (ggml type %d) has no quantized kernel; dequantized", gguf_name, info.ggml_type)
+            dense.append(gguf_name)
         w = torch.from_numpy(container.dequantize(gguf_name))
         yield name, _unpermute(w, heads) if heads else w
+    log.info("GGUF %s: %d linear weights as Q4 blocks for the int4 kernel, %d dequantized%s", Path(path).name,
+             blocks, len(dense), f" ({', '.join(dense[:4])}{', ...' if len(dense) > 4 else ''})" if dense else "")
 
 
 class GGUFInt4Method:
@@ -109,6 +116,8 @@ class GGUFInt4Method:
             offsets = torch.cat([p.offsets for p in parts]).T.contiguous()
             layer.int4 = pack_int4_affine(codes, scales, offsets, QK, dtype)
             return
+        if quantized:
+            log.info("GGUF int4 blocks of a [%d, %d] weight do not fit the int4 kernel here; dequantized", n, k)
         dense = [self._dequantize(p) if isinstance(p, GGUFInt4Shard) else p.float() for p in parts]
         layer.register_parameter("weight", nn.Parameter(torch.cat(dense).to(dtype), requires_grad=False))
 
