@@ -17,20 +17,23 @@ from serve.backends.base import (
     TokenLogprob,
     Usage,
 )
+from serve.backends.llamacpp_spec import SPEC_OPTION_TYPES, spec_config_from_options
 from serve.backends.merge import merge
 from serve.config import ReplicaSpec
 
 _OPTION_TYPES = {"n_parallel": int, "n_ctx_per_seq": int, "n_batch": int, "n_threads": int}
+_KNOWN = {**_OPTION_TYPES, **SPEC_OPTION_TYPES}
 
 
 class LlamaCppBackend:
     name = "llamacpp"
 
     def __init__(self, spec: ReplicaSpec) -> None:
-        unknown = set(spec.options) - set(_OPTION_TYPES)
+        unknown = set(spec.options) - set(_KNOWN)
         if unknown:
             raise ValueError(f"unknown llamacpp option(s): {', '.join(sorted(unknown))}; "
-                             f"known: {', '.join(_OPTION_TYPES)}")
+                             f"known: {', '.join(_KNOWN)}")
+        self.spec_config = spec_config_from_options(spec.options)  # bad speculative keys fail now
         self.spec = spec
         self.engine: Any = None
         self._info: ModelInfo | None = None
@@ -47,7 +50,8 @@ class LlamaCppBackend:
             raise ValueError(f"the llamacpp backend needs a .gguf file, got {path}")
         from serve.backends.llamacpp_engine import LlamaCppEngine, LlamaCppOptions
 
-        opts = LlamaCppOptions(str(path), **{k: _OPTION_TYPES[k](v) for k, v in self.spec.options.items()})
+        plain = {k: _OPTION_TYPES[k](v) for k, v in self.spec.options.items() if k in _OPTION_TYPES}
+        opts = LlamaCppOptions(str(path), spec=self.spec_config, **plain)
         self.engine = await asyncio.to_thread(LlamaCppEngine, opts)
         self._info = self._model_info()
 

@@ -1,7 +1,9 @@
 """Continuous batching over llama.cpp's C API: one context, one sequence id per slot.
 
 Every step packs decode tokens of running sequences and prompt chunks of new ones (chunked prefill,
-bounded by `n_batch`) into a single `llama_decode`. A new request takes the free slot whose cached
+bounded by `n_batch`) into a single `llama_decode`. With prompt-lookup speculation on, a decoding
+sequence also submits the drafts proposed from its own prompt and output, logits for every row, and
+`_verify` keeps the accepted prefix and removes the rest from the slot's KV. A new request takes the free slot whose cached
 tokens share the longest prefix with its prompt and computes only the rest (per-slot prefix reuse,
 as llama-server does). The loop runs in its own thread; llama.cpp releases the GIL while it computes.
 """
@@ -20,6 +22,7 @@ import llama_cpp
 import numpy as np
 from llama_cpp import _internals, _logger
 
+from serve.backends.llamacpp_spec import PromptLookupConfig, SpecCounters, SpecState
 from serve.backends.np_sampler import RowSampler
 from serve.backends.text_stream import TextStream
 from serve.sampling_params import SamplingParams
@@ -34,6 +37,7 @@ class LlamaCppOptions:
     n_ctx_per_seq: int = 4096  # context of each slot: the max model length we advertise
     n_batch: int = 512  # tokens per llama_decode (the step's token budget)
     n_threads: int | None = None  # default: every core
+    spec: PromptLookupConfig | None = None  # prompt-lookup speculative decoding; None: off
 
     def __post_init__(self) -> None:
         if self.n_parallel < 1 or self.n_ctx_per_seq < 16 or self.n_batch < self.n_parallel:
@@ -60,6 +64,7 @@ class Job:
     params: SamplingParams
     emit: Callable[[str, object], None]  # ("token", (text, token_id, logprob, top)) | ("done", Finished)
     seed_offset: int = 0
+    speculate: bool = True  # use the engine's speculation, if it has one configured
     arrival: float = field(default_factory=time.monotonic)
     # Filled in by the engine.
     slot: int = -1
@@ -70,6 +75,8 @@ class Job:
     queue_time: float = 0.0
     sampler: RowSampler | None = None
     text: TextStream | None = None
+    spec: SpecState | None = None  # proposer history; None when this job does not speculate
+    drafts: list[int] = field(default_factory=list)  # proposed for the coming step, after `pending`
 
 
 class LlamaCppEngine:
@@ -94,6 +101,7 @@ class LlamaCppEngine:
         self.special_pieces = [_piece(self.model.vocab, t, True) for t in range(self.n_vocab)]
         self.slot_tokens: list[list[int]] = [[] for _ in range(opts.n_parallel)]
         self.slot_used_at = [0.0] * opts.n_parallel
+        self.spec_counters = SpecCounters()
         self.running: dict[int, Job] = {}
         self.waiting: deque[Job] = deque()
         self._cv = threading.Condition()
@@ -120,7 +128,8 @@ class LlamaCppEngine:
         self._thread.join(timeout=10)
 
     def stats(self) -> dict[str, float]:
-        return {"num_requests_running": len(self.running), "num_requests_waiting": len(self.waiting)}
+        return {"num_requests_running": len(self.running), "num_requests_waiting": len(self.waiting),
+                **self.spec_counters.as_stats()}
 
     # ---- engine thread ---------------------------------------------------------------------------
     def _loop(self) -> None:
@@ -172,40 +181,100 @@ class LlamaCppEngine:
         job.queue_time = time.monotonic() - job.arrival
         job.sampler = RowSampler(job.params, job.prompt, self.n_vocab, job.seed_offset)
         job.text = TextStream(job.params.stop)
+        if self.opts.spec is not None and job.speculate:
+            max_new = min(job.params.max_tokens or self.opts.n_ctx_per_seq, self.opts.n_ctx_per_seq)
+            job.spec = SpecState.for_prompt(job.prompt, max_new)
         self.running[slot] = job
 
     def _step(self) -> None:
-        """Pack decodes first (one token each), then prompt chunks, up to n_batch tokens."""
+        """Pack decodes first (one token each, plus drafts), then prompt chunks, up to n_batch tokens."""
+        self._propose_drafts()
         b = self.batch.batch
         n = 0
-        wants: list[tuple[int, int]] = []  # (slot, batch row) whose logits we sample
+        wants: list[tuple[Job, int]] = []  # (job, first batch row whose logits we sample or verify)
         order = sorted(self.running.values(), key=lambda j: (len(j.pending) > 1, j.arrival))
         for job in order:
-            take = min(len(job.pending), self.opts.n_batch - n)
-            if take <= 0:
+            room = self.opts.n_batch - n
+            if room <= 0:
                 break
-            for i in range(take):
-                b.token[n], b.pos[n], b.n_seq_id[n] = job.pending[i], job.pos + i, 1
-                b.seq_id[n][0] = job.slot
-                b.logits[n] = False
-                n += 1
-            self.slot_tokens[job.slot].extend(job.pending[:take])
-            job.pos += take
-            del job.pending[:take]
+            # Drafts always fit: _propose_drafts left a row for every running job.
+            toks = job.pending + job.drafts if job.drafts else job.pending[:room]
+            for i, tok in enumerate(toks):
+                b.token[n + i], b.pos[n + i], b.n_seq_id[n + i] = tok, job.pos + i, 1
+                b.seq_id[n + i][0] = job.slot
+                b.logits[n + i] = bool(job.drafts)
+            n += len(toks)
+            self.slot_tokens[job.slot].extend(toks)
+            job.pos += len(toks)
+            del job.pending[: len(toks)]
             if not job.pending:
                 b.logits[n - 1] = True
-                wants.append((job.slot, n - 1))
+                wants.append((job, n - len(toks) if job.drafts else n - 1))
         b.n_tokens = n
         self.ctx.decode(self.batch)
-        for slot, row in wants:
-            self._sample(self.running[slot], row)
+        for job, row in wants:
+            if job.drafts:
+                self._verify(job, row)
+            else:
+                self._sample(job, row)
+
+    def _propose_drafts(self) -> None:
+        """Prompt lookup for every decoding job that speculates, within the step's spare rows."""
+        cfg = self.opts.spec
+        if cfg is None or not cfg.active(len(self.running)):
+            return
+        spare = self.opts.n_batch - len(self.running)  # every running job needs one row
+        for job in self.running.values():
+            if job.spec is None or job.n_out == 0 or len(job.pending) != 1 or spare <= 0:
+                continue
+            # A verify step emits up to len(drafts) + 1 tokens: never draft past max_tokens or past the
+            # last position at which the plain path would still write a token (pos <= n_ctx - 2).
+            left = (job.params.max_tokens or 1 << 30) - job.n_out - 1
+            k = min(cfg.num_speculative_tokens, spare, left, self.opts.n_ctx_per_seq - 3 - job.pos)
+            job.drafts = job.spec.propose(cfg, k)
+            spare -= len(job.drafts)
+
+    def _logits(self, row: int) -> np.ndarray:
+        ptr = self.ctx.get_logits_ith(row)
+        return np.ctypeslib.as_array(ctypes.cast(ptr, ctypes.POINTER(ctypes.c_float)), shape=(self.n_vocab,))
 
     def _sample(self, job: Job, row: int) -> None:
-        ptr = self.ctx.get_logits_ith(row)
-        logits = np.ctypeslib.as_array(ctypes.cast(ptr, ctypes.POINTER(ctypes.c_float)), shape=(self.n_vocab,))
+        assert job.sampler is not None
+        token, lp, top = job.sampler.sample(self._logits(row))
+        self._emit(job, token, lp, top, job.pos)
+
+    def _verify(self, job: Job, row0: int) -> None:
+        """Rows row0.. hold the logits after the last token and after each draft. Emit tokens while
+        they match the drafts (then the first mismatch or the bonus token), exactly as the plain path
+        would have emitted them one per step; drop the KV of the rejected drafts."""
+        assert job.sampler is not None
+        drafts, job.drafts = job.drafts, []
+        first = job.pos - len(drafts) - 1  # position of the last sampled token, fed at row0
+        accepted = 0
+        for i in range(len(drafts) + 1):
+            raw = self._logits(row0 + i)
+            if i < len(drafts):
+                token, lp, top = job.sampler.sample_against(raw, drafts[i])
+            else:
+                token, lp, top = job.sampler.sample(raw)
+            done = self._emit(job, token, lp, top, first + i + 1)
+            if done or i == len(drafts) or token != drafts[i]:
+                break
+            accepted += 1
+        keep = first + accepted + 1  # the last sampled token and the accepted drafts stay in the KV
+        self.ctx.kv_cache_seq_rm(job.slot, keep, -1)
+        del self.slot_tokens[job.slot][keep:]
+        job.pos = keep
+        c = self.spec_counters
+        c.num_drafts, c.num_draft_tokens = c.num_drafts + 1, c.num_draft_tokens + len(drafts)
+        c.num_accepted_tokens += accepted
+
+    def _emit(self, job: Job, token: int, lp: float, top: list[tuple[int, float]], pos: int) -> bool:
+        """Deliver one sampled token; `pos` = tokens in the KV before it. True when the job finished."""
         assert job.sampler is not None and job.text is not None
-        token, lp, top = job.sampler.sample(logits)
         job.sampler.accept(token)
+        if job.spec is not None:
+            job.spec.append(token)
         job.n_out += 1
         p = job.params
         is_stop_token = (token in self.eog and not p.ignore_eos) or token in p.stop_token_ids
@@ -215,10 +284,12 @@ class LlamaCppEngine:
         self.slot_used_at[job.slot] = time.monotonic()
         if is_stop_token or job.text.stopped:
             self._finish(job.slot, "stop")
-        elif job.n_out >= (p.max_tokens or 1 << 30) or job.pos + 1 >= self.opts.n_ctx_per_seq:
+        elif job.n_out >= (p.max_tokens or 1 << 30) or pos + 1 >= self.opts.n_ctx_per_seq:
             self._finish(job.slot, "length")
         else:
             job.pending = [token]
+            return False
+        return True
 
     def _finish(self, slot: int, reason: str, detail: str = "") -> None:
         job = self.running.pop(slot)

@@ -63,7 +63,26 @@ class RowSampler:
             counts = np.fromiter(self.out_counts.values(), dtype=np.float32, count=len(self.out_counts))
             x[ids] -= p.frequency_penalty * counts + p.presence_penalty
 
+    def sample_against(self, raw: np.ndarray, draft: int) -> tuple[int, float, list[tuple[int, float]]]:
+        """Verify one drafted token against this row (speculative decoding); same return as `sample`.
+
+        Greedy: the argmax, so the draft is accepted exactly when it is the argmax. Sampling: the
+        draft (a point mass, the proposer has no distribution) is accepted with probability p(draft),
+        else a token is drawn from p with the draft's mass removed; the result is distributed as p.
+        """
+        if self.p.greedy:
+            return self.sample(raw)
+        ids, probs = self._distribution(self._process(raw))
+        token = verify_point_draft(ids, probs, draft, self.rng)
+        lp, top = _logprobs(raw, token, self.p.logprobs)
+        return token, lp, top
+
     def _draw(self, logits: np.ndarray) -> int:
+        order, probs = self._distribution(logits)
+        return int(order[self.rng.choice(len(order), p=probs)])
+
+    def _distribution(self, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Processed logits -> (token ids [K] by falling probability, their probabilities [K], sum 1)."""
         p = self.p
         x = logits / p.temperature
         k = p.top_k if p.top_k > 0 else x.shape[0]
@@ -76,8 +95,27 @@ class RowSampler:
             keep = min(keep, int(np.searchsorted(cum, p.top_p, side="left")) + 1)
         if p.min_p > 0.0:
             keep = min(keep, max(1, int(np.sum(probs >= p.min_p * probs[0]))))
-        probs = probs[:keep] / probs[:keep].sum()
-        return int(order[self.rng.choice(keep, p=probs)])
+        return order[:keep], probs[:keep] / probs[:keep].sum()
+
+
+def verify_point_draft(ids: np.ndarray, probs: np.ndarray, draft: int, rng: np.random.Generator) -> int:
+    """Rejection sampling with a deterministic draft: the returned token is distributed exactly as probs.
+
+    With q = point mass on `draft`, min(1, p/q) = p(draft) and the residual max(p - q, 0) is p without
+    the draft's mass: P(draft) = p(d); P(t != d) = (1 - p(d)) * p(t) / (1 - p(d)) = p(t).
+    ids: [K] token ids; probs: [K] float, sum 1. A draft outside ids has p = 0 and is always rejected.
+    """
+    hit = np.flatnonzero(ids == draft)
+    p_draft = float(probs[hit[0]]) if hit.size else 0.0
+    if rng.random() < p_draft:
+        return draft
+    residual = probs.astype(np.float64, copy=True)
+    if hit.size:
+        residual[hit[0]] = 0.0
+    total = residual.sum()
+    if total <= 0.0:  # p(draft) == 1 up to rounding: nothing else can be drawn
+        return draft
+    return int(ids[rng.choice(len(ids), p=residual / total)])
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:

@@ -1,0 +1,116 @@
+"""Prompt-lookup speculative decoding for the llama.cpp backend: its config and its per-step bookkeeping.
+
+The option keys are the ones the native engine and the vLLM backend read (`-o key=value`):
+`speculative_method` ("ngram"; "draft" needs a second model, which this backend does not run),
+`num_speculative_tokens`, `prompt_lookup_max`, `prompt_lookup_min`, `speculative_disable_by_batch_size`
+(no speculation in a step whose running batch has at least that many requests: verifying drafts costs
+compute that a full batch no longer has to spare).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from serve.spec_decode.ngram import propose_ngram
+
+SPEC_OPTION_TYPES: dict[str, type] = {
+    "speculative_method": str,
+    "num_speculative_tokens": int,
+    "prompt_lookup_max": int,
+    "prompt_lookup_min": int,
+    "speculative_disable_by_batch_size": int,
+}
+_OFF = ("", "none", "off")
+
+
+@dataclass(frozen=True)
+class PromptLookupConfig:
+    num_speculative_tokens: int = 4  # k: drafts verified per step
+    prompt_lookup_max: int = 4  # longest suffix n-gram searched
+    prompt_lookup_min: int = 2  # shortest; 1-token matches are mostly noise on chat text
+    disable_by_batch_size: int = 0  # 0: never disabled
+
+    def __post_init__(self) -> None:
+        checks = (
+            (self.num_speculative_tokens >= 1, "num_speculative_tokens", self.num_speculative_tokens, ">= 1"),
+            (self.prompt_lookup_min >= 1, "prompt_lookup_min", self.prompt_lookup_min, ">= 1"),
+            (self.prompt_lookup_max >= self.prompt_lookup_min, "prompt_lookup_max", self.prompt_lookup_max,
+             f">= prompt_lookup_min ({self.prompt_lookup_min})"),
+            (self.disable_by_batch_size >= 0, "speculative_disable_by_batch_size", self.disable_by_batch_size,
+             ">= 0"),
+        )
+        for ok, key, value, bound in checks:
+            if not ok:
+                raise ValueError(f"llamacpp option {key} must be {bound}, got {value}")
+
+    def active(self, batch_size: int) -> bool:
+        return self.disable_by_batch_size == 0 or batch_size < self.disable_by_batch_size
+
+
+_FIELD = {"speculative_disable_by_batch_size": "disable_by_batch_size"}  # option key -> field name
+
+
+def spec_config_from_options(options: dict[str, Any]) -> PromptLookupConfig | None:
+    """The speculative keys of a replica's options -> config, or None when speculation is off.
+
+    Raises ValueError naming the key for a bad value, an unsupported method, or tuning keys given
+    without a method (they would silently do nothing).
+    """
+    given = {k: v for k, v in options.items() if k in SPEC_OPTION_TYPES}
+    method = str(given.pop("speculative_method", "") or "").strip().lower()
+    if method in _OFF:
+        if given:
+            raise ValueError(f"llamacpp option(s) {', '.join(sorted(given))} need speculative_method=ngram")
+        return None
+    if method != "ngram":
+        raise ValueError(f"llamacpp option speculative_method={method!r} is not supported: this backend "
+                         "runs one model, so only 'ngram' (prompt lookup) is available")
+    typed: dict[str, int] = {}
+    for key, value in given.items():
+        try:
+            typed[_FIELD.get(key, key)] = int(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"llamacpp option {key} must be an integer, got {value!r}") from None
+    return PromptLookupConfig(**typed)
+
+
+@dataclass
+class SpecState:
+    """Per-request history for the proposer: prompt + output tokens in a preallocated int32 buffer,
+    so a proposal never converts a Python list (that conversion costs more than the search)."""
+
+    buf: np.ndarray  # [capacity] int32
+    n: int = 0
+
+    @classmethod
+    def for_prompt(cls, prompt: list[int], max_new: int) -> SpecState:
+        buf = np.empty(len(prompt) + max_new + 1, dtype=np.int32)
+        buf[: len(prompt)] = prompt
+        return cls(buf, len(prompt))
+
+    def append(self, token: int) -> None:
+        if self.n < self.buf.shape[0]:
+            self.buf[self.n] = token
+            self.n += 1
+
+    def propose(self, cfg: PromptLookupConfig, k: int) -> list[int]:
+        if k <= 0:
+            return []
+        return propose_ngram(self.buf[: self.n], k, cfg.prompt_lookup_max, cfg.prompt_lookup_min)
+
+
+@dataclass
+class SpecCounters:
+    """Server-level totals, named like vLLM's spec_decode metrics."""
+
+    num_drafts: int = 0  # verify steps that carried at least one draft
+    num_draft_tokens: int = 0
+    num_accepted_tokens: int = 0
+
+    def as_stats(self) -> dict[str, float]:
+        return {"spec_decode_num_drafts": self.num_drafts,
+                "spec_decode_num_draft_tokens": self.num_draft_tokens,
+                "spec_decode_num_accepted_tokens": self.num_accepted_tokens}

@@ -1,0 +1,111 @@
+"""llama.cpp backend speculative decoding: option parsing and the sampled verify rule's exactness."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from serve.backends.llamacpp import LlamaCppBackend
+from serve.backends.llamacpp_spec import PromptLookupConfig, SpecState, spec_config_from_options
+from serve.backends.np_sampler import RowSampler, verify_point_draft
+from serve.config import ReplicaSpec
+from serve.sampling_params import SamplingParams
+
+
+def test_options_to_config() -> None:
+    assert spec_config_from_options({}) is None
+    assert spec_config_from_options({"n_parallel": 4, "speculative_method": "none"}) is None
+    cfg = spec_config_from_options({"speculative_method": "ngram", "num_speculative_tokens": "6",
+                                    "prompt_lookup_max": "5", "prompt_lookup_min": 3,
+                                    "speculative_disable_by_batch_size": "4"})
+    assert cfg == PromptLookupConfig(6, 5, 3, 4)
+    assert spec_config_from_options({"speculative_method": "NGRAM"}) == PromptLookupConfig()
+    assert cfg.active(3) and not cfg.active(4)
+    assert PromptLookupConfig().active(1000)
+
+
+@pytest.mark.parametrize(("options", "names"), [
+    ({"speculative_method": "draft"}, "speculative_method"),
+    ({"speculative_method": "eagle"}, "speculative_method"),
+    ({"num_speculative_tokens": 4}, "num_speculative_tokens"),
+    ({"speculative_method": "ngram", "num_speculative_tokens": "four"}, "num_speculative_tokens"),
+    ({"speculative_method": "ngram", "num_speculative_tokens": 0}, "num_speculative_tokens"),
+    ({"speculative_method": "ngram", "prompt_lookup_max": 1, "prompt_lookup_min": 2}, "prompt_lookup_max"),
+    ({"speculative_method": "ngram", "speculative_disable_by_batch_size": -1}, "speculative_disable_by_batch_size"),
+])
+def test_bad_options_name_the_key(options: dict, names: str) -> None:
+    with pytest.raises(ValueError, match=names):
+        spec_config_from_options(options)
+
+
+def test_backend_rejects_at_construction() -> None:
+    """Config errors surface when the replica is built (server startup), before any model load."""
+    with pytest.raises(ValueError, match="speculative_method"):
+        LlamaCppBackend(ReplicaSpec(options={"speculative_method": "draft"}))
+    with pytest.raises(ValueError, match="unknown llamacpp option"):
+        LlamaCppBackend(ReplicaSpec(options={"speculative_tokens": 4}))
+    b = LlamaCppBackend(ReplicaSpec(options={"speculative_method": "ngram", "n_parallel": "2"}))
+    assert b.spec_config == PromptLookupConfig()
+
+
+def test_spec_state_history_proposes_from_prompt_and_output() -> None:
+    st = SpecState.for_prompt([5, 6, 7, 8, 9], max_new=4)
+    st.append(5)
+    st.append(6)
+    cfg = PromptLookupConfig(num_speculative_tokens=3, prompt_lookup_max=2, prompt_lookup_min=2)
+    assert st.propose(cfg, 3) == [7, 8, 9]
+    assert st.propose(cfg, 0) == []
+    for t in range(10):  # beyond capacity: ignored, never an overflow
+        st.append(t)
+    assert st.n == st.buf.shape[0]
+
+
+_CHI2_DF3_P001 = 16.27  # chi-square critical value, 3 degrees of freedom, p = 0.001
+
+
+def _chi2(counts: np.ndarray, probs: np.ndarray) -> float:
+    expected = probs * counts.sum()
+    return float(((counts - expected) ** 2 / expected).sum())
+
+
+def _target(logits: np.ndarray, temperature: float, top_k: int) -> np.ndarray:
+    """The sampler's distribution written out independently: softmax(logits / T) over the top k."""
+    keep = np.argsort(-logits)[:top_k]
+    p = np.zeros_like(logits, dtype=np.float64)
+    e = np.exp((logits[keep] - logits[keep].max()) / temperature)
+    p[keep] = e / e.sum()
+    return p
+
+
+@pytest.mark.parametrize("draft", [0, 3, 5])  # the likeliest token, a likely one, one cut by top_k
+def test_sampled_verify_preserves_the_target_distribution(draft: int) -> None:
+    logits = np.array([2.0, 0.5, 1.0, 1.5, -1.0, -3.0], dtype=np.float32)
+    params = SamplingParams(temperature=0.8, top_k=4, seed=1234)
+    sampler = RowSampler(params, [], vocab=6)
+    n = 4_000
+    counts = np.bincount([sampler.sample_against(logits, draft)[0] for _ in range(n)], minlength=6)
+    target = _target(logits.astype(np.float64), 0.8, 4)
+    support = target > 0
+    assert counts[~support].sum() == 0  # a truncated draft is never emitted
+    assert _chi2(counts[support], target[support]) < _CHI2_DF3_P001
+    # The test has power: the naive rule "accept the draft w.p. p(d), else draw from p" (no removal of
+    # the draft's mass) over-weights the draft and fails it.
+    rng = np.random.default_rng(1234)
+    naive = [draft if rng.random() < target[draft] else int(rng.choice(6, p=target)) for _ in range(n)]
+    if target[draft] > 0:
+        assert _chi2(np.bincount(naive, minlength=6)[support], target[support]) > _CHI2_DF3_P001
+
+
+def test_point_draft_edge_cases() -> None:
+    rng = np.random.default_rng(0)
+    ids = np.array([4, 9, 2])
+    assert verify_point_draft(ids, np.array([1.0, 0.0, 0.0]), 4, rng) == 4  # certain draft
+    assert all(verify_point_draft(ids, np.array([1.0, 0.0, 0.0]), 7, rng) == 4 for _ in range(20))
+    assert all(verify_point_draft(ids, np.array([0.0, 0.5, 0.5]), 4, rng) in (9, 2) for _ in range(20))
+
+
+def test_greedy_verify_is_the_argmax() -> None:
+    logits = np.array([0.1, 3.0, 0.2], dtype=np.float32)
+    s = RowSampler(SamplingParams(temperature=0.0), [], vocab=3)
+    assert s.sample_against(logits, 1)[0] == 1
+    assert s.sample_against(logits, 2)[0] == 1
