@@ -22,14 +22,14 @@ def interpreting(kernel: object) -> bool:
     return not isinstance(kernel, triton.runtime.JITFunction)
 
 
-def dot_config(dtype: torch.dtype, interpreted: bool) -> tuple[tl.dtype, str]:
+def dot_config(dtype: torch.dtype, interpreted: bool) -> tuple[tl.dtype, str | None]:
     """(dtype tl.dot inputs are cast to, input_precision) for activations of `dtype`.
 
     fp32 activations use exact "ieee" products rather than TF32 so the kernel matches the fp32
-    reference; the precision flag is ignored for 16-bit inputs.
+    reference; 16-bit inputs leave the precision to the target's default (None).
     """
     if dtype not in _TL_DTYPE:
         raise ValueError(f"unsupported activation dtype {dtype}")
     if interpreted and dtype == torch.bfloat16:
         return tl.float32, "ieee"
-    return _TL_DTYPE[dtype], "ieee" if dtype == torch.float32 else "tf32"
+    return _TL_DTYPE[dtype], "ieee" if dtype == torch.float32 else None

@@ -1,9 +1,11 @@
 """Run the Triton kernels on CPU through Triton's interpreter, for the tests in this folder only.
 
-Triton decides interpreter vs compiler when a kernel is decorated (module import) and reads
-TRITON_INTERPRET again while it runs, so: the kernel modules are (re)imported here with the variable
-set, and an autouse fixture sets it around each test of this folder. The process environment is
-restored at once, so other test folders in the same pytest run never see it.
+Triton picks interpreter vs compiler when a function is decorated (for its own standard library,
+when triton.language is first imported) and reads TRITON_INTERPRET again while a kernel runs. So:
+triton and the kernel modules are imported here with the variable set (if something earlier in
+this pytest run imported triton for the compiler, those modules are dropped and imported afresh;
+its C extension is kept), and an autouse fixture sets the variable around each test of this folder.
+The process environment is restored at once, so other test folders never see it.
 """
 
 from __future__ import annotations
@@ -15,20 +17,27 @@ from collections.abc import Iterator
 
 import pytest
 
-KERNEL_MODULES = ("serve.kernels.triton_gptq", "serve.kernels.triton_paged_attention")
+KERNEL_MODULES = ("serve.kernels.common", "serve.kernels.triton_gptq", "serve.kernels.triton_paged_attention")
+
+
+def _triton_is_interpreted() -> bool:
+    import triton
+    import triton.language as tl
+
+    return not isinstance(tl.standard.sum, triton.runtime.JITFunction)
 
 
 def _import_interpreted() -> None:
     previous = os.environ.get("TRITON_INTERPRET")
     os.environ["TRITON_INTERPRET"] = "1"
     try:
+        if "triton" in sys.modules and not _triton_is_interpreted():
+            stale = [m for m in sys.modules if m.split(".")[0] == "triton" and not m.startswith("triton._C")]
+            for name in stale + [m for m in KERNEL_MODULES if m in sys.modules]:
+                del sys.modules[name]
         for name in KERNEL_MODULES:
-            module = sys.modules.get(name) or importlib.import_module(name)
-            from serve.kernels.common import interpreting
-
-            kernel = next(v for k, v in vars(module).items() if k.startswith("_") and k.endswith("_kernel"))
-            if not interpreting(kernel):  # imported earlier in this run for a real GPU
-                importlib.reload(module)
+            importlib.import_module(name)
+        assert _triton_is_interpreted()
     finally:
         if previous is None:
             del os.environ["TRITON_INTERPRET"]
