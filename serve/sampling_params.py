@@ -31,6 +31,9 @@ class SamplingParams:
     logprobs: int | None = None  # None: off; k >= 0: chosen token's logprob plus top-k alternatives
     logit_bias: dict[int, float] = field(default_factory=dict)
     echo: bool = False
+    # Speculative decoding per request (native engine): None = the server's setting, 0 = off,
+    # k = at most k draft tokens per step (never more than the server's num_speculative_tokens).
+    num_speculative_tokens: int | None = None
 
     def __post_init__(self) -> None:
         checks: list[tuple[bool, str, str]] = [
@@ -49,6 +52,8 @@ class SamplingParams:
             (all(-100.0 <= v <= 100.0 for v in self.logit_bias.values()), "logit_bias",
              "logit_bias values must be between -100 and 100"),
             (all(t >= 0 for t in self.logit_bias), "logit_bias", "logit_bias keys must be token ids >= 0"),
+            (self.num_speculative_tokens is None or 0 <= self.num_speculative_tokens <= 32,
+             "num_speculative_tokens", "num_speculative_tokens must be between 0 and 32"),
         ]
         for ok, param, message in checks:
             if not ok:

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from serve.spec_decode.config import SpecDecodeConfig
+
 SCHEDULING_POLICIES = ("fcfs", "priority")
 DTYPES = ("bfloat16", "float16", "float32", "auto")
 
@@ -54,6 +56,7 @@ class EngineConfig:
     quantization: str = "auto"  # the checkpoint's own format (GPTQ dir, GGUF) or a quant method name
     cache: CacheConfig = field(default_factory=CacheConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    speculative: SpecDecodeConfig = field(default_factory=SpecDecodeConfig)
 
     def __post_init__(self) -> None:
         if not self.model_path:
@@ -68,7 +71,7 @@ class EngineConfig:
     @classmethod
     def from_options(cls, model_path: str, options: dict[str, Any]) -> EngineConfig:
         """Build from a flat dict of knobs (a replica's `options`); unknown keys are an error."""
-        groups = {"cache": CacheConfig, "scheduler": SchedulerConfig}
+        groups = {"cache": CacheConfig, "scheduler": SchedulerConfig, "speculative": SpecDecodeConfig}
         top = {f.name for f in fields(cls)} - {"model_path", *groups}
         known = top | {f.name for g in groups.values() for f in fields(g)}
         unknown = sorted(set(options) - known)
@@ -101,6 +104,8 @@ def _coerce(cls: type, name: str, value: Any) -> Any:
             return value.lower() in ("1", "true", "yes", "on")
         if kind.startswith("int"):
             return None if value.lower() == "none" else int(value)
+        if kind.startswith("str | None") and value.lower() == "none":
+            return None
     except ValueError:
         raise ValueError(f"option {name}={value!r} is not a valid {kind}") from None
     return value

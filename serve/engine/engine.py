@@ -18,6 +18,9 @@ from serve.engine.outputs import RequestOutput, make_output
 from serve.engine.request import Request
 from serve.engine.scheduler import Scheduler
 from serve.sampling_params import SamplingParams
+from serve.spec_decode.config import SpecDecodeConfig
+from serve.spec_decode.controller import SpecController
+from serve.spec_decode.proposer import Proposer
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +44,8 @@ def sample_ids(req_id: str, n: int) -> list[str]:
 
 class LLMEngine:
     def __init__(self, runner: Runner, scheduler_config: SchedulerConfig | None = None,
-                 enable_prefix_caching: bool = True, detokenize: bool = True) -> None:
+                 enable_prefix_caching: bool = True, detokenize: bool = True,
+                 speculative: SpecDecodeConfig | None = None, proposer: Proposer | None = None) -> None:
         self.runner = runner
         self.scheduler = Scheduler(scheduler_config or SchedulerConfig(), num_blocks=runner.num_blocks,
                                    block_size=runner.block_size, max_model_len=runner.max_model_len,
@@ -52,13 +56,39 @@ class LLMEngine:
         self._groups: dict[str, list[str]] = {}  # client request id -> its sample ids
         self.num_steps = 0
         self.last_step_size = 0  # sequences in the last scheduled batch
+        self.spec = self._spec_controller(speculative, proposer)
 
     @classmethod
     def from_config(cls, config: EngineConfig) -> LLMEngine:
         from serve.worker.model_runner import ModelRunner, RunnerConfig  # the data plane: torch
 
         runner = ModelRunner(RunnerConfig(**config.runner_kwargs()))
-        return cls(runner, config.scheduler, config.cache.enable_prefix_caching)
+        proposer = None
+        if config.speculative.speculative_method == "draft":
+            from serve.spec_decode.draft_model import DraftModelProposer
+
+            proposer = DraftModelProposer.for_target(runner, config.speculative, config.scheduler.max_num_seqs)
+        return cls(runner, config.scheduler, config.cache.enable_prefix_caching, speculative=config.speculative,
+                   proposer=proposer)
+
+    def _spec_controller(self, config: SpecDecodeConfig | None, proposer: Proposer | None) -> SpecController | None:
+        """Speculation is on when a proposer is given, or the config names one that needs no model."""
+        config = config or SpecDecodeConfig()
+        if proposer is None and config.speculative_method == "ngram":
+            from serve.spec_decode.ngram_proposer import NgramProposer
+
+            proposer = NgramProposer(config.prompt_lookup_max, config.prompt_lookup_min)
+        if proposer is None:
+            if config.speculative_method == "draft":
+                raise ValueError("speculative_method=draft needs a draft model proposer")
+            return None
+        if config.speculative_method == "none":
+            config = SpecDecodeConfig(speculative_method=proposer.name if proposer.name in ("ngram", "draft")
+                                      else "draft", **_spec_knobs(config))
+        rejection = getattr(self.runner, "rejection", None)
+        if rejection is not None and hasattr(proposer, "draft_probs"):
+            rejection.draft_probs = proposer  # q of sampled drafts, for exact rejection sampling
+        return SpecController(config, proposer)
 
     def validate(self, num_prompt_tokens: int, params: SamplingParams) -> int:
         """Resolved max_tokens, or RequestRejected. Reads only fixed sizes: safe from any thread."""
@@ -112,6 +142,8 @@ class LLMEngine:
             return self._fail([s.req_id for s in batch.seqs], f"model runner failed: {exc}")
         outputs = [make_output(req, ids) for req, ids in self.scheduler.update(batch, result)]
         self._forget(outputs)
+        if self.spec is not None:
+            self.spec.step(self.scheduler)
         return outputs
 
     def _fail(self, req_ids: list[str], message: str) -> list[RequestOutput]:
@@ -128,7 +160,10 @@ class LLMEngine:
                     del self._groups[out.group_id]
 
     def stats(self) -> dict[str, float | int]:
-        return {**self.scheduler.stats(), "num_steps": self.num_steps}
+        stats = {**self.scheduler.stats(), "num_steps": self.num_steps}
+        if self.spec is not None:
+            stats.update(self.scheduler.spec_stats.as_stats())
+        return stats
 
     def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> list[list[RequestOutput]]:
         """Run prompts to completion (tests, offline use). Returns every output, per prompt."""
@@ -140,3 +175,8 @@ class LLMEngine:
             for out in self.step():
                 collected[out.group_id].append(out)
         return [collected[n] for n in names]
+
+
+def _spec_knobs(config: SpecDecodeConfig) -> dict[str, Any]:
+    return {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
+            if f.name not in ("speculative_method", "speculative_model")}

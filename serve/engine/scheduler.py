@@ -19,6 +19,7 @@ from serve.engine.request import Request, RequestRejected, RequestStatus
 from serve.engine.request_queue import WaitingQueue
 from serve.engine.stop_checker import StopChecker
 from serve.sampling_params import SamplingParams
+from serve.spec_decode.stats import SpecDecodeStats
 
 
 class Scheduler:
@@ -36,6 +37,7 @@ class Scheduler:
         self.pending_siblings: dict[str, list[Request]] = {}
         self._finished_ids: list[str] = []
         self.num_preemptions = 0
+        self.spec_stats = SpecDecodeStats()
 
     # ---- admission -------------------------------------------------------------------------------
 
@@ -258,6 +260,7 @@ class Scheduler:
     def _apply(self, req: Request, seq: ScheduledSeq, sampled: list | tuple) -> list[int]:
         num_drafts = max(seq.num_logits - 1, 0)
         num_accepted = self._num_accepted(seq, sampled)
+        self.spec_stats.observe(req.req_id, num_drafts, num_accepted)
         sampled = sampled[:num_accepted + 1]
         # Rejected draft positions stay allocated but fall outside num_computed_tokens: rolled back.
         req.num_computed_tokens += len(seq.token_ids) - num_drafts + num_accepted

@@ -15,6 +15,7 @@ import torch
 
 from serve.engine.batch import RunnerOutput, ScheduledSeq, StepBatch
 from serve.models.loader import DTYPE_CHOICES, load_model, load_model_config, load_tokenizer, resolve_dtype
+from serve.spec_decode.rejection_sampler import RejectionSampler
 from serve.worker.forward_context import build_context
 from serve.worker.sampler import Sampler, SampleRow
 
@@ -71,6 +72,7 @@ class ModelRunner:
             eos.append(int(self.tokenizer.eos_token_id))
         self.eos_token_ids: tuple[int, ...] = tuple(dict.fromkeys(eos))
         self.sampler = Sampler(self.device)
+        self.rejection = RejectionSampler(self.sampler)  # sampled requests verifying drafts
 
     def _allocate_kv_cache(self) -> int:
         mc = self.model_config
@@ -104,11 +106,26 @@ class ModelRunner:
             if not rows:
                 return RunnerOutput(sampled={s.req_id: [] for s in seqs})
             logits = self.model.compute_logits(hidden.index_select(0, torch.tensor(rows, device=self.device)))
-            tokens = self.sampler(logits, sample_rows)
+            return RunnerOutput(sampled=self._sample(logits, seqs, sample_rows))
+
+    def _sample(self, logits: torch.Tensor, seqs: list[ScheduledSeq], rows: list[SampleRow]) -> dict[str, list]:
+        """Greedy and non-speculating rows: one token per row (the scheduler matches greedy rows against
+        the drafts). Sampled rows verifying drafts: the rejection sampler, accepted drafts + one token."""
         sampled: dict[str, list] = {s.req_id: [] for s in seqs}
-        for row, tok in zip(sample_rows, tokens, strict=True):
+        spec = {s.req_id for s in seqs if s.num_logits > 1 and not s.params.greedy}
+        if not spec:
+            plain = list(range(len(rows)))
+        else:
+            plain = [i for i, r in enumerate(rows) if r.req_id not in spec]
+            verify = [i for i, r in enumerate(rows) if r.req_id in spec]
+            sampled.update(self.rejection(logits[verify], [rows[i] for i in verify],
+                                          [s for s in seqs if s.req_id in spec]))
+            if not plain:
+                return sampled
+            logits, rows = logits[plain], [rows[i] for i in plain]
+        for row, tok in zip(rows, self.sampler(logits, rows), strict=True):
             sampled[row.req_id].append(tok)
-        return RunnerOutput(sampled=sampled)
+        return sampled
 
     @staticmethod
     def _logit_rows(seqs: list[ScheduledSeq]) -> tuple[list[int], list[SampleRow]]:

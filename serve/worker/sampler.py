@@ -35,8 +35,10 @@ class SampleRow:
 
 
 class Sampler:
-    def __init__(self, device: torch.device | str = "cpu", seed: int | None = None) -> None:
+    def __init__(self, device: torch.device | str = "cpu", seed: int | None = None, seed_offset: int = 0) -> None:
         self.device = torch.device(device)
+        # Added to every request seed: a draft model's sampler must not replay the target's stream.
+        self.seed_offset = seed_offset
         self._shared = torch.Generator(device=self.device)
         if seed is None:
             self._shared.seed()
@@ -59,6 +61,20 @@ class Sampler:
             return [SampledToken(int(t)) for t in logits.argmax(dim=-1).tolist()]
         self._process(logits, rows)
         chosen = self._choose(logits, rows)
+        return self._with_logprobs(logits, rows, chosen)
+
+    def process(self, logits: torch.Tensor, rows: Sequence[SampleRow]) -> None:
+        """In place: logits [N, V] become the processed distribution's logits (softmax = what is sampled)."""
+        self._process(logits, rows)
+
+    def draw_uniforms(self, row: SampleRow, n: int) -> torch.Tensor:
+        """[n] U[0, 1) from the row's own generator when seeded, else the shared one."""
+        g = self._generator(row) if row.params.seed is not None else self._shared
+        return torch.rand(n, generator=g, device=self.device)
+
+    def with_logprobs(self, logits: torch.Tensor, rows: Sequence[SampleRow], chosen: list[int]
+                      ) -> list[SampledToken]:
+        """SampledTokens for `chosen` given processed logits [N, V] (logprobs when a row asks)."""
         return self._with_logprobs(logits, rows, chosen)
 
     def _process(self, logits: torch.Tensor, rows: Sequence[SampleRow]) -> None:
@@ -114,7 +130,8 @@ class Sampler:
         g = self._generators.get(row.req_id)
         if g is None:
             g = torch.Generator(device=self.device)
-            g.manual_seed(int(row.params.seed) + row.sample_index)
+            g.manual_seed((int(row.params.seed) + row.sample_index + self.seed_offset) % (1 << 63)
+                          if self.seed_offset else int(row.params.seed) + row.sample_index)
             self._generators[row.req_id] = g
         return g
 
