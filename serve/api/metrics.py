@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 _LAT = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0)
 _ITL = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.5)
@@ -18,10 +18,17 @@ _ENGINE_GAUGES = {
     "prefix_cache_queries": "sluice:prefix_cache_queries",
     "prefix_cache_hits": "sluice:prefix_cache_hits",
     "num_preemptions": "sluice:num_preemptions",
+}
+# Cumulative engine stats exported as counters (the `_total` suffix is added by the exposition).
+_ENGINE_COUNTERS = {
     "spec_decode_num_drafts": "sluice:spec_decode_num_drafts",
     "spec_decode_num_draft_tokens": "sluice:spec_decode_num_draft_tokens",
     "spec_decode_num_accepted_tokens": "sluice:spec_decode_num_accepted_tokens",
 }
+# Stats keyed `<prefix><position>` -> one counter with a `position` label (vLLM's per-position
+# acceptance: accepted[position] / num_drafts is the acceptance rate of draft position j).
+_PER_POS_PREFIX = "spec_decode_num_accepted_tokens_per_pos."
+_PER_POS_NAME = "sluice:spec_decode_num_accepted_tokens_per_pos"
 
 
 class _EngineCollector:
@@ -31,13 +38,21 @@ class _EngineCollector:
         self._source = source
 
     def collect(self) -> Iterable[Metric]:
-        families = {k: GaugeMetricFamily(v, f"engine stat {k}", labels=["model", "replica"])
-                    for k, v in _ENGINE_GAUGES.items()}
+        labels = ["model", "replica"]
+        families: dict[str, GaugeMetricFamily | CounterMetricFamily] = {
+            **{k: GaugeMetricFamily(v, f"engine stat {k}", labels=labels) for k, v in _ENGINE_GAUGES.items()},
+            **{k: CounterMetricFamily(v, f"engine stat {k}", labels=labels) for k, v in _ENGINE_COUNTERS.items()}}
+        per_pos = CounterMetricFamily(_PER_POS_NAME, "accepted draft tokens at each draft position",
+                                      labels=[*labels, "position"])
         for model, replica, stats in self._source():
             for key, value in stats.items():
-                if key in families and isinstance(value, int | float):
+                if not isinstance(value, int | float):
+                    continue
+                if key in families:
                     families[key].add_metric([model, replica], float(value))
-        return [f for f in families.values() if f.samples]
+                elif key.startswith(_PER_POS_PREFIX):
+                    per_pos.add_metric([model, replica, key[len(_PER_POS_PREFIX):]], float(value))
+        return [f for f in (*families.values(), per_pos) if f.samples]
 
 
 class Metrics:

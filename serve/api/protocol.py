@@ -41,6 +41,7 @@ class _Common(BaseModel):
     stream: bool = False
     stream_options: StreamOptions | None = None
     priority: int = 0
+    num_speculative_tokens: int | None = None  # native engine: 0 = no speculation for this request
 
     def _params(self, max_tokens: int | None, logprobs: int | None) -> SamplingParams:
         stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
@@ -59,7 +60,7 @@ class _Common(BaseModel):
                 repetition_penalty=1.0 if self.repetition_penalty is None else self.repetition_penalty,
                 seed=self.seed, stop=stop, stop_token_ids=tuple(self.stop_token_ids or ()),
                 ignore_eos=self.ignore_eos, logprobs=logprobs, logit_bias=bias,
-                echo=bool(getattr(self, "echo", False)),
+                echo=bool(getattr(self, "echo", False)), num_speculative_tokens=self.num_speculative_tokens,
             )
         except ParamError as e:
             raise invalid(str(e), e.param) from e

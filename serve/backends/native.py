@@ -2,7 +2,11 @@
 
 Options (ReplicaSpec.options, see serve.engine.config.EngineConfig.from_options): dtype, device,
 attention_backend, max_model_len, num_threads, quantization, block_size, kv_cache_bytes, enable_prefix_caching,
-max_num_seqs, max_num_batched_tokens, enable_chunked_prefill, policy.
+max_num_seqs, max_num_batched_tokens, enable_chunked_prefill, policy; speculative decoding (see
+serve.spec_decode.config.SpecDecodeConfig): speculative_method (none | ngram | draft),
+num_speculative_tokens, speculative_model, speculative_quantization, prompt_lookup_max,
+prompt_lookup_min, speculative_disable_by_batch_size, speculative_adaptive. Per request, the body
+field `num_speculative_tokens` (0 = off) lowers k.
 """
 
 from __future__ import annotations

@@ -28,7 +28,40 @@ from serve.config import ReplicaSpec
 KNOWN_OPTIONS = {
     "python", "dtype", "max_model_len", "quantization", "enable_prefix_caching", "speculative_config",
     "kv_cache_space_gib", "max_num_seqs", "max_num_batched_tokens", "start_timeout_s", "extra_args", "port",
+    *("speculative_method", "num_speculative_tokens", "speculative_model", "speculative_quantization",
+      "prompt_lookup_max", "prompt_lookup_min", "speculative_disable_by_batch_size"),
 }
+
+
+def speculative_config(o: dict[str, Any], model_dir: Path) -> dict[str, Any] | None:
+    """vLLM's `--speculative-config` from our engine-neutral keys (the native engine's names), or the
+    raw `speculative_config` option. method "draft" without a model drafts with the target's own
+    directory (a self-draft; `speculative_quantization` sets the draft's quantization in vLLM)."""
+    method = str(o.get("speculative_method", "none"))
+    keys = {"num_speculative_tokens", "speculative_model", "speculative_quantization", "prompt_lookup_max",
+            "prompt_lookup_min", "speculative_disable_by_batch_size"} & set(o)
+    if o.get("speculative_config"):
+        if method != "none" or keys:
+            raise ValueError("give either speculative_config or the speculative_* keys, not both")
+        spec = o["speculative_config"]
+        return json.loads(spec) if isinstance(spec, str) else dict(spec)
+    if method == "none":
+        if keys:
+            raise ValueError(f"{', '.join(sorted(keys))} need speculative_method (ngram or draft)")
+        return None
+    cfg: dict[str, Any] = {"num_speculative_tokens": int(o.get("num_speculative_tokens", 4))}
+    if method == "ngram":
+        cfg.update(method="ngram", prompt_lookup_max=int(o.get("prompt_lookup_max", 4)),
+                   prompt_lookup_min=int(o.get("prompt_lookup_min", 1)))
+    elif method == "draft":
+        cfg["model"] = str(o.get("speculative_model") or model_dir)
+        if o.get("speculative_quantization") not in (None, "auto"):
+            cfg["quantization"] = str(o["speculative_quantization"])
+    else:
+        raise ValueError(f"unknown speculative_method {method!r}; choose ngram or draft")
+    if int(o.get("speculative_disable_by_batch_size", 0) or 0) > 0:
+        cfg["disable_by_batch_size"] = int(o["speculative_disable_by_batch_size"])
+    return cfg
 
 
 def _free_port() -> int:
@@ -65,9 +98,9 @@ def vllm_argv(python: str, model_dir: Path, served: str, port: int, o: dict[str,
     if o.get("quantization"):
         argv += ["--quantization", str(o["quantization"])]
     argv.append("--enable-prefix-caching" if o.get("enable_prefix_caching", True) else "--no-enable-prefix-caching")
-    spec = o.get("speculative_config")
+    spec = speculative_config(o, model_dir)
     if spec:
-        argv += ["--speculative-config", spec if isinstance(spec, str) else json.dumps(spec)]
+        argv += ["--speculative-config", json.dumps(spec)]
     if o.get("extra_args"):
         argv += shlex.split(str(o["extra_args"]))
     return argv
@@ -80,6 +113,7 @@ class VLLMBackend:
         unknown = set(spec.options) - KNOWN_OPTIONS
         if unknown:
             raise ValueError(f"unknown vllm option(s): {', '.join(sorted(unknown))}; known: {', '.join(sorted(KNOWN_OPTIONS))}")
+        speculative_config(spec.options, Path("<model>"))  # bad speculative keys fail now, loudly
         self.spec = spec
         self.served = model_store.served_name(spec.model)
         self.child: ChildServer | None = None
