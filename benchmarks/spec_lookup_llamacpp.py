@@ -27,8 +27,12 @@ from serve.sampling_params import SamplingParams
 _DATA = Path(__file__).parent / "data" / "kjv_genesis37-45_ruth.txt"
 
 
-def _prompt(engine: LlamaCppEngine) -> list[int]:
+def _prompt(engine: LlamaCppEngine, kind: str) -> list[int]:
+    """"repeat": input-grounded (most of the answer is in the prompt); "chat": open-ended, little to copy."""
     passage = _DATA.read_text()[2000:2800]
+    if kind == "chat":
+        return engine.tokenize("<|im_start|>user\nWrite a short story about a lighthouse keeper who finds a "
+                               "message in a bottle.<|im_end|>\n<|im_start|>assistant\n", True)
     chat = (f"<|im_start|>user\nRepeat the following passage exactly, word for word:\n\n{passage}<|im_end|>\n"
             f"<|im_start|>assistant\n{passage[:60]}")
     return engine.tokenize(chat, True)
@@ -80,6 +84,7 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=200)
     ap.add_argument("-k", type=int, nargs="+", default=[4])
     ap.add_argument("--lookup-min", type=int, default=1)
+    ap.add_argument("--prompt", choices=("repeat", "chat"), default="repeat")
     ap.add_argument("--concurrency", type=int, default=1, help="identical requests decoded together")
     ap.add_argument("--model", default="", help="a .gguf path (default: the bundled SmolLM2 Q4_1)")
     a = ap.parse_args()
@@ -89,7 +94,7 @@ def main() -> None:
         path = a.model or str(model_path("smollm2-135m-instruct"))
         engine = LlamaCppEngine(LlamaCppOptions(path, n_parallel=max(1, a.concurrency),
                                                 n_threads=a.threads, spec=cfg))
-        prompt = _prompt(engine)
+        prompt = _prompt(engine, a.prompt)
         _timed(engine, prompt, 8, False)  # warm: the timed runs are all cache hits
         plain, spec = [], []
         c0 = dict(engine.stats())
@@ -99,7 +104,7 @@ def main() -> None:
         c = {key: engine.stats()[key] - c0[key] for key in c0 if key.startswith("spec_decode")}
         acc = c["spec_decode_num_accepted_tokens"] / max(1, c["spec_decode_num_draft_tokens"])
         mp, ms = statistics.median(plain), statistics.median(spec)
-        print(f"{Path(path).name} k={k} threads={a.threads} concurrency={a.concurrency} prompt={len(prompt)} max_tokens={a.max_tokens}: plain {mp:.1f} tok/s, "
+        print(f"{Path(path).name} k={k} threads={a.threads} concurrency={a.concurrency} {a.prompt} prompt={len(prompt)} max_tokens={a.max_tokens}: plain {mp:.1f} tok/s, "
               f"prompt lookup {ms:.1f} tok/s ({ms / mp:.2f}x), acceptance {acc:.2f} "
               f"({c['spec_decode_num_accepted_tokens']}/{c['spec_decode_num_draft_tokens']} over "
               f"{c['spec_decode_num_drafts']} drafts); runs plain {[round(x, 1) for x in plain]} "

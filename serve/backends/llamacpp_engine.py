@@ -231,7 +231,7 @@ class LlamaCppEngine:
             # last position at which the plain path would still write a token (pos <= n_ctx - 2).
             left = (job.params.max_tokens or 1 << 30) - job.n_out - 1
             k = min(cfg.num_speculative_tokens, spare, left, self.opts.n_ctx_per_seq - 3 - job.pos)
-            job.drafts = job.spec.propose(cfg, k)
+            job.drafts = job.spec.propose(cfg, job.spec.draft_len(k))
             spare -= len(job.drafts)
 
     def _logits(self, row: int) -> np.ndarray:
@@ -265,6 +265,8 @@ class LlamaCppEngine:
         self.ctx.kv_cache_seq_rm(job.slot, keep, -1)
         del self.slot_tokens[job.slot][keep:]
         job.pos = keep
+        if job.spec is not None:
+            job.spec.record(len(drafts), accepted)
         c = self.spec_counters
         c.num_drafts, c.num_draft_tokens = c.num_drafts + 1, c.num_draft_tokens + len(drafts)
         c.num_accepted_tokens += accepted

@@ -2,7 +2,8 @@
 
 The option keys are the ones the native engine and the vLLM backend read (`-o key=value`):
 `speculative_method` ("ngram"; "draft" needs a second model, which this backend does not run),
-`num_speculative_tokens`, `prompt_lookup_max`, `prompt_lookup_min`, `speculative_disable_by_batch_size`
+`num_speculative_tokens` (the most drafts per step; fewer while a request's acceptance is low, see
+`SpecState.draft_len`), `prompt_lookup_max`, `prompt_lookup_min`, `speculative_disable_by_batch_size`
 (no speculation in a step whose running batch has at least that many requests: verifying drafts costs
 compute that a full batch no longer has to spare).
 """
@@ -77,13 +78,27 @@ def spec_config_from_options(options: dict[str, Any]) -> PromptLookupConfig | No
     return PromptLookupConfig(**typed)
 
 
+# Adaptive draft length. Model: each draft is accepted with probability a once the earlier ones were,
+# so the j-th draft adds a**j expected tokens while costing one more row of the verify batch. On this
+# CPU a row costs ~0.5-0.8 of a whole one-row step (llama.cpp's quantized matmuls scale almost
+# linearly with rows), so a draft is worth sending only when a**j >= _WORTH. `a` is estimated per
+# request from decayed counts (copying phases come and go); a request that stops drafting still
+# probes with one draft every _PROBE steps so it notices when copying starts.
+_WORTH = 0.6
+_DECAY = 0.8
+_PROBE = 8
+
+
 @dataclass
 class SpecState:
-    """Per-request history for the proposer: prompt + output tokens in a preallocated int32 buffer,
-    so a proposal never converts a Python list (that conversion costs more than the search)."""
+    """Per-request proposer state: prompt + output tokens in a preallocated int32 buffer (a proposal
+    never converts a Python list; that would cost more than the search) and the acceptance estimate."""
 
     buf: np.ndarray  # [capacity] int32
     n: int = 0
+    accepted_w: float = 4.0  # decayed accepted drafts; the prior (4 of 5) starts at full length
+    rejected_w: float = 1.0  # decayed rejections (at most one per verify step)
+    idle_steps: int = 0
 
     @classmethod
     def for_prompt(cls, prompt: list[int], max_new: int) -> SpecState:
@@ -95,6 +110,26 @@ class SpecState:
         if self.n < self.buf.shape[0]:
             self.buf[self.n] = token
             self.n += 1
+
+    def acceptance(self) -> float:
+        """Estimated probability that a draft is accepted given the earlier ones were."""
+        return self.accepted_w / (self.accepted_w + self.rejected_w)
+
+    def draft_len(self, k: int) -> int:
+        """How many drafts (<= k) pay off at the current acceptance estimate."""
+        a, j = self.acceptance(), 0
+        while j < k and a ** (j + 1) >= _WORTH:
+            j += 1
+        if j == 0 and k > 0:
+            self.idle_steps += 1
+            if self.idle_steps >= _PROBE:
+                self.idle_steps = 0
+                return 1
+        return j
+
+    def record(self, drafted: int, accepted: int) -> None:
+        self.accepted_w = _DECAY * self.accepted_w + accepted
+        self.rejected_w = _DECAY * self.rejected_w + (1 if accepted < drafted else 0)
 
     def propose(self, cfg: PromptLookupConfig, k: int) -> list[int]:
         if k <= 0:

@@ -109,3 +109,19 @@ def test_greedy_verify_is_the_argmax() -> None:
     s = RowSampler(SamplingParams(temperature=0.0), [], vocab=3)
     assert s.sample_against(logits, 1)[0] == 1
     assert s.sample_against(logits, 2)[0] == 1
+
+
+def test_draft_length_follows_acceptance() -> None:
+    st = SpecState.for_prompt([1, 2, 3], max_new=8)
+    start = st.draft_len(8)
+    assert 1 <= start < 8  # the prior is optimistic but not certain
+    for _ in range(10):  # copying: everything accepted -> full length
+        st.record(4, 4)
+    assert st.draft_len(8) == 8 and st.draft_len(3) == 3
+    for _ in range(10):  # nothing accepted -> stop drafting, except one probe every few steps
+        st.record(4, 0)
+    lens = [st.draft_len(8) for _ in range(32)]
+    assert set(lens) == {0, 1} and 2 <= lens.count(1) <= 8
+    for _ in range(10):  # copying resumes (probes accepted) -> long drafts again
+        st.record(1, 1)
+    assert st.draft_len(8) >= 4
