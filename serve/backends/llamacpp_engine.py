@@ -22,10 +22,11 @@ import llama_cpp
 import numpy as np
 from llama_cpp import _internals, _logger
 
-from serve.backends.llamacpp_spec import PromptLookupConfig, SpecCounters, SpecState
+from serve.backends.llamacpp_spec import PromptLookupConfig, SpecState
 from serve.backends.np_sampler import RowSampler
 from serve.backends.text_stream import TextStream
 from serve.sampling_params import SamplingParams
+from serve.spec_decode.stats import SpecDecodeStats
 
 log = logging.getLogger("sluice.llamacpp")
 
@@ -101,7 +102,7 @@ class LlamaCppEngine:
         self.special_pieces = [_piece(self.model.vocab, t, True) for t in range(self.n_vocab)]
         self.slot_tokens: list[list[int]] = [[] for _ in range(opts.n_parallel)]
         self.slot_used_at = [0.0] * opts.n_parallel
-        self.spec_counters = SpecCounters()
+        self.spec_stats = SpecDecodeStats()
         self.running: dict[int, Job] = {}
         self.waiting: deque[Job] = deque()
         self._cv = threading.Condition()
@@ -129,7 +130,7 @@ class LlamaCppEngine:
 
     def stats(self) -> dict[str, float]:
         return {"num_requests_running": len(self.running), "num_requests_waiting": len(self.waiting),
-                **self.spec_counters.as_stats()}
+                **self.spec_stats.as_stats()}
 
     # ---- engine thread ---------------------------------------------------------------------------
     def _loop(self) -> None:
@@ -181,7 +182,7 @@ class LlamaCppEngine:
         job.queue_time = time.monotonic() - job.arrival
         job.sampler = RowSampler(job.params, job.prompt, self.n_vocab, job.seed_offset)
         job.text = TextStream(job.params.stop)
-        if self.opts.spec is not None and job.speculate:
+        if self.opts.spec is not None and job.speculate and job.params.num_speculative_tokens != 0:
             max_new = min(job.params.max_tokens or self.opts.n_ctx_per_seq, self.opts.n_ctx_per_seq)
             job.spec = SpecState.for_prompt(job.prompt, max_new)
         self.running[slot] = job
@@ -230,8 +231,9 @@ class LlamaCppEngine:
             # A verify step emits up to len(drafts) + 1 tokens: never draft past max_tokens or past the
             # last position at which the plain path would still write a token (pos <= n_ctx - 2).
             left = (job.params.max_tokens or 1 << 30) - job.n_out - 1
-            k = min(cfg.num_speculative_tokens, spare, left, self.opts.n_ctx_per_seq - 3 - job.pos)
-            job.drafts = job.spec.propose(cfg, job.spec.draft_len(k))
+            k = min(cfg.num_speculative_tokens, job.params.num_speculative_tokens or 1 << 30, spare, left,
+                    self.opts.n_ctx_per_seq - 3 - job.pos)
+            job.drafts = job.spec.propose(cfg, job.spec.draft_len(k) if cfg.adaptive else k)
             spare -= len(job.drafts)
 
     def _logits(self, row: int) -> np.ndarray:
@@ -267,9 +269,8 @@ class LlamaCppEngine:
         job.pos = keep
         if job.spec is not None:
             job.spec.record(len(drafts), accepted)
-        c = self.spec_counters
-        c.num_drafts, c.num_draft_tokens = c.num_drafts + 1, c.num_draft_tokens + len(drafts)
-        c.num_accepted_tokens += accepted
+        self.spec_stats.observe(job.req_id, len(drafts), accepted)
+        self.spec_stats.last_step.clear()  # read by the native engine's adaptive k only; keep it empty
 
     def _emit(self, job: Job, token: int, lp: float, top: list[tuple[int, float]], pos: int) -> bool:
         """Deliver one sampled token; `pos` = tokens in the KV before it. True when the job finished."""

@@ -2,10 +2,13 @@
 
 The option keys are the ones the native engine and the vLLM backend read (`-o key=value`):
 `speculative_method` ("ngram"; "draft" needs a second model, which this backend does not run),
-`num_speculative_tokens` (the most drafts per step; fewer while a request's acceptance is low, see
-`SpecState.draft_len`), `prompt_lookup_max`, `prompt_lookup_min`, `speculative_disable_by_batch_size`
-(no speculation in a step whose running batch has at least that many requests: verifying drafts costs
-compute that a full batch no longer has to spare).
+`num_speculative_tokens` (the most drafts per step), `prompt_lookup_max`, `prompt_lookup_min`,
+`speculative_disable_by_batch_size` (no speculation in a step with more running requests than that; 0,
+the default here, never disables: llama.cpp's quantized matmuls cost nearly the same per row at any
+batch size on CPU, so speculation pays about as well at 8 requests as at 1, measured),
+`speculative_adaptive` (default on here: fewer drafts while a request's acceptance is low, see
+`SpecState.draft_len`; without it open-ended chat ran at 0.48x of plain). Per request, the body field
+`num_speculative_tokens` (SamplingParams) lowers k; 0 turns speculation off for that request.
 """
 
 from __future__ import annotations
@@ -23,8 +26,14 @@ SPEC_OPTION_TYPES: dict[str, type] = {
     "prompt_lookup_max": int,
     "prompt_lookup_min": int,
     "speculative_disable_by_batch_size": int,
+    "speculative_adaptive": bool,
+    # Draft-model keys of the native engine: recognised only to say clearly that they do not apply.
+    "speculative_model": str,
+    "speculative_quantization": str,
 }
+_DRAFT_ONLY = ("speculative_model", "speculative_quantization")
 _OFF = ("", "none", "off")
+_BOOLS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
 
 
 @dataclass(frozen=True)
@@ -33,10 +42,12 @@ class PromptLookupConfig:
     prompt_lookup_max: int = 4  # longest suffix n-gram searched
     prompt_lookup_min: int = 2  # shortest; 1-token matches are mostly noise on chat text
     disable_by_batch_size: int = 0  # 0: never disabled
+    adaptive: bool = True  # draft length follows each request's acceptance
 
     def __post_init__(self) -> None:
         checks = (
-            (self.num_speculative_tokens >= 1, "num_speculative_tokens", self.num_speculative_tokens, ">= 1"),
+            (1 <= self.num_speculative_tokens <= 32, "num_speculative_tokens", self.num_speculative_tokens,
+             "between 1 and 32"),
             (self.prompt_lookup_min >= 1, "prompt_lookup_min", self.prompt_lookup_min, ">= 1"),
             (self.prompt_lookup_max >= self.prompt_lookup_min, "prompt_lookup_max", self.prompt_lookup_max,
              f">= prompt_lookup_min ({self.prompt_lookup_min})"),
@@ -48,10 +59,11 @@ class PromptLookupConfig:
                 raise ValueError(f"llamacpp option {key} must be {bound}, got {value}")
 
     def active(self, batch_size: int) -> bool:
-        return self.disable_by_batch_size == 0 or batch_size < self.disable_by_batch_size
+        return self.disable_by_batch_size == 0 or batch_size <= self.disable_by_batch_size
 
 
-_FIELD = {"speculative_disable_by_batch_size": "disable_by_batch_size"}  # option key -> field name
+_FIELD = {"speculative_disable_by_batch_size": "disable_by_batch_size",  # option key -> field name
+          "speculative_adaptive": "adaptive"}
 
 
 def spec_config_from_options(options: dict[str, Any]) -> PromptLookupConfig | None:
@@ -62,6 +74,10 @@ def spec_config_from_options(options: dict[str, Any]) -> PromptLookupConfig | No
     """
     given = {k: v for k, v in options.items() if k in SPEC_OPTION_TYPES}
     method = str(given.pop("speculative_method", "") or "").strip().lower()
+    for key in _DRAFT_ONLY:
+        if key in given:
+            raise ValueError(f"llamacpp option {key} belongs to speculative_method=draft, which this backend "
+                             "does not support (it runs one model); use speculative_method=ngram")
     if method in _OFF:
         if given:
             raise ValueError(f"llamacpp option(s) {', '.join(sorted(given))} need speculative_method=ngram")
@@ -69,13 +85,20 @@ def spec_config_from_options(options: dict[str, Any]) -> PromptLookupConfig | No
     if method != "ngram":
         raise ValueError(f"llamacpp option speculative_method={method!r} is not supported: this backend "
                          "runs one model, so only 'ngram' (prompt lookup) is available")
-    typed: dict[str, int] = {}
-    for key, value in given.items():
-        try:
-            typed[_FIELD.get(key, key)] = int(value)
-        except (TypeError, ValueError):
-            raise ValueError(f"llamacpp option {key} must be an integer, got {value!r}") from None
-    return PromptLookupConfig(**typed)
+    return PromptLookupConfig(**{_FIELD.get(k, k): _typed(k, v) for k, v in given.items()})
+
+
+def _typed(key: str, value: Any) -> int | bool:
+    if SPEC_OPTION_TYPES[key] is bool:
+        if isinstance(value, bool):
+            return value
+        if str(value).strip().lower() not in _BOOLS:
+            raise ValueError(f"llamacpp option {key} must be true or false, got {value!r}")
+        return _BOOLS[str(value).strip().lower()]
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"llamacpp option {key} must be an integer, got {value!r}") from None
 
 
 # Adaptive draft length. Model: each draft is accepted with probability a once the earlier ones were,
@@ -135,17 +158,3 @@ class SpecState:
         if k <= 0:
             return []
         return propose_ngram(self.buf[: self.n], k, cfg.prompt_lookup_max, cfg.prompt_lookup_min)
-
-
-@dataclass
-class SpecCounters:
-    """Server-level totals, named like vLLM's spec_decode metrics."""
-
-    num_drafts: int = 0  # verify steps that carried at least one draft
-    num_draft_tokens: int = 0
-    num_accepted_tokens: int = 0
-
-    def as_stats(self) -> dict[str, float]:
-        return {"spec_decode_num_drafts": self.num_drafts,
-                "spec_decode_num_draft_tokens": self.num_draft_tokens,
-                "spec_decode_num_accepted_tokens": self.num_accepted_tokens}

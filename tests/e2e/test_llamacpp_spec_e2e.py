@@ -28,7 +28,7 @@ def _complete(base_url: str) -> str:
 
 def _metric(base_url: str, name: str) -> float:
     text = httpx.get(f"{base_url}/metrics", timeout=10).text
-    values = [float(v) for v in re.findall(rf"^sluice:{name}\{{[^}}]*\}} (\S+)$", text, re.M)]
+    values = [float(v) for v in re.findall(rf"^sluice:{name}(?:_total)?\{{[^}}]*\}} (\S+)$", text, re.M)]
     assert values, f"{name} not exported"
     return sum(values)
 

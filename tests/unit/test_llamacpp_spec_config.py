@@ -17,10 +17,10 @@ def test_options_to_config() -> None:
     assert spec_config_from_options({"n_parallel": 4, "speculative_method": "none"}) is None
     cfg = spec_config_from_options({"speculative_method": "ngram", "num_speculative_tokens": "6",
                                     "prompt_lookup_max": "5", "prompt_lookup_min": 3,
-                                    "speculative_disable_by_batch_size": "4"})
-    assert cfg == PromptLookupConfig(6, 5, 3, 4)
+                                    "speculative_disable_by_batch_size": "4", "speculative_adaptive": "false"})
+    assert cfg == PromptLookupConfig(6, 5, 3, 4, adaptive=False)
     assert spec_config_from_options({"speculative_method": "NGRAM"}) == PromptLookupConfig()
-    assert cfg.active(3) and not cfg.active(4)
+    assert cfg.active(4) and not cfg.active(5)  # disabled above the limit, as in the native engine
     assert PromptLookupConfig().active(1000)
 
 
@@ -30,6 +30,9 @@ def test_options_to_config() -> None:
     ({"num_speculative_tokens": 4}, "num_speculative_tokens"),
     ({"speculative_method": "ngram", "num_speculative_tokens": "four"}, "num_speculative_tokens"),
     ({"speculative_method": "ngram", "num_speculative_tokens": 0}, "num_speculative_tokens"),
+    ({"speculative_method": "ngram", "num_speculative_tokens": 33}, "num_speculative_tokens"),
+    ({"speculative_method": "ngram", "speculative_adaptive": "maybe"}, "speculative_adaptive"),
+    ({"speculative_method": "ngram", "speculative_model": "x.gguf"}, "speculative_model"),
     ({"speculative_method": "ngram", "prompt_lookup_max": 1, "prompt_lookup_min": 2}, "prompt_lookup_max"),
     ({"speculative_method": "ngram", "speculative_disable_by_batch_size": -1}, "speculative_disable_by_batch_size"),
 ])

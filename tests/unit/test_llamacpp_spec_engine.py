@@ -140,3 +140,18 @@ def test_sampled_speculation_runs_and_respects_limits(engine: LlamaCppEngine,
     assert len(run.tokens) <= MAX
     assert engine.stats()["spec_decode_num_drafts"] > before
     _assert_kv_matches(engine, prompts["chat"], run)
+
+
+def test_per_request_num_speculative_tokens(engine: LlamaCppEngine, prompts: dict[str, list[int]]) -> None:
+    """The request's num_speculative_tokens caps k (0: off), and output stays the plain output."""
+    prompt = prompts["chat"]
+    (plain,) = _go(engine, [(prompt, _greedy(), False)])
+    for k in (0, 1):
+        before = dict(engine.stats())
+        (run,) = _go(engine, [(prompt, _greedy(num_speculative_tokens=k), True)])
+        after = engine.stats()
+        drafts = after["spec_decode_num_drafts"] - before["spec_decode_num_drafts"]
+        tokens = after["spec_decode_num_draft_tokens"] - before["spec_decode_num_draft_tokens"]
+        assert run.tokens == plain.tokens
+        assert (drafts == 0) if k == 0 else (0 < drafts == tokens)
+    assert after["spec_decode_num_accepted_tokens_per_pos.0"] > 0
