@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from serve.quantize.calibration import PYDOC_TOPICS
+from serve.quantize.calibration import DEFAULT_CALIB, LICENSES, PYDOC_TOPICS
 
 
 def add_parser(subparsers: Any) -> None:
@@ -26,8 +26,9 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--group-size", type=int, default=128, help="columns per scale/zero group; -1: per row")
     p.add_argument("--act-order", action="store_true", help="GPTQ: quantize columns by decreasing Hessian diagonal")
     p.add_argument("--sym", action="store_true", help="symmetric grid (zero point fixed at 2^(bits-1))")
-    p.add_argument("--calib", default=PYDOC_TOPICS,
-                   help=f"calibration text file (default: {PYDOC_TOPICS}, Python's own documentation topics)")
+    p.add_argument("--calib", default=DEFAULT_CALIB,
+                   help=f"calibration sources, comma-separated: {PYDOC_TOPICS} (Python's documentation topics), "
+                        f"{LICENSES} (/usr/share/common-licenses), {DEFAULT_CALIB} (both; default), or text files")
     p.add_argument("--nsamples", type=int, default=128, help="calibration windows")
     p.add_argument("--seqlen", type=int, default=512, help="tokens per calibration window")
     p.add_argument("--damp", type=float, default=0.01, help="Hessian dampening, fraction of mean(diag(H))")

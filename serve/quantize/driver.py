@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from serve.quantize.calibration import calibration_windows, read_calibration_text
+from serve.quantize.calibration import DEFAULT_CALIB, calibration_set
 from serve.quantize.checkpoint import CheckpointMeta, write_checkpoint
 from serve.quantize.gptq import GPTQOptions
 from serve.quantize.grid import QuantSpec
@@ -27,7 +27,7 @@ class QuantizeJob:
     group_size: int = 128
     sym: bool = False
     act_order: bool = False
-    calib: str = "pydoc-topics"
+    calib: str = DEFAULT_CALIB
     nsamples: int = 128
     seqlen: int = 512
     damp: float = 0.01
@@ -71,7 +71,7 @@ def run_job(job: QuantizeJob) -> Path:
     windows = None
     if job.method == "gptq":
         tok = AutoTokenizer.from_pretrained(str(job.model_dir))
-        windows = calibration_windows(tok, read_calibration_text(job.calib), job.nsamples, job.seqlen, job.seed)
+        windows = calibration_set(tok, job.calib, job.nsamples, job.seqlen, job.seed)
     with torch.no_grad(), _layer_progress(len(model.model.layers)) as progress:
         quantized = quantize_decoder(model.eval(), windows, spec, job.method, opts, progress,
                                      true_sequential=job.true_sequential)
