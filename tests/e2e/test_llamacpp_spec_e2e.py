@@ -38,8 +38,8 @@ def test_greedy_http_equals_plain_and_metrics(tmp_path: Path) -> None:
     spec = start_server([*common, "-o", "speculative_method=ngram", "-o", "num_speculative_tokens=4"], tmp_path)
     try:
         spec_text = _complete(spec.base_url)
-        assert _metric(spec.base_url, "spec_decode_num_drafts") > 0
-        assert _metric(spec.base_url, "spec_decode_num_accepted_tokens") > 0
+        assert _metric(spec.base_url, "spec_decode_num_drafts_total") > 0
+        assert _metric(spec.base_url, "spec_decode_num_accepted_tokens_total") > 0
     finally:
         spec.stop()
     plain = start_server(common, tmp_path)

@@ -1,0 +1,52 @@
+"""Speculative decoding in the native backend through `sluice serve` and the openai client: greedy text
+with n-gram speculation equals the same server's text with speculation switched off per request
+(`num_speculative_tokens: 0`), and the spec_decode counters move."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+
+import httpx
+import openai
+import pytest
+
+from tests.e2e.server_proc import MODEL, REPO, ServerProc, start_server
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+_PASSAGE = (REPO / "benchmarks/data/kjv_genesis37-45_ruth.txt").read_text()[2000:2400]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProc]:
+    s = start_server(["--backend", "native", "-o", "kv_cache_bytes=33554432", "-o", "num_threads=1",
+                      "-o", "quantization=none", "-o", "speculative_method=ngram",
+                      "-o", "num_speculative_tokens=4"], tmp_path_factory.mktemp("spec"), timeout_s=240)
+    yield s
+    s.stop()
+
+
+def _counter(server: ServerProc, name: str) -> float:
+    text = httpx.get(f"{server.base_url}/metrics", timeout=10).text
+    values = [float(v) for v in re.findall(rf"^sluice:{name}_total\{{[^}}]*\}} (\S+)$", text, re.M)]
+    assert values, f"{name} not exported"
+    return sum(values)
+
+
+def test_ngram_greedy_equals_no_speculation_and_counts(server: ServerProc) -> None:
+    client = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="unused", max_retries=0, timeout=180)
+    msgs = [{"role": "user", "content": f"Repeat the following passage exactly:\n\n{_PASSAGE}"}]
+
+    def chat(**extra: int) -> str:
+        r = client.chat.completions.create(model=MODEL, messages=msgs, max_tokens=32, temperature=0,
+                                           extra_body=extra or None)
+        return r.choices[0].message.content or ""
+
+    plain = chat(num_speculative_tokens=0)
+    assert _counter(server, "spec_decode_num_drafts") == 0
+    spec = chat()
+    assert spec and spec == plain
+    drafts = _counter(server, "spec_decode_num_drafts")
+    accepted = _counter(server, "spec_decode_num_accepted_tokens")
+    assert drafts > 0 and accepted > 0
+    assert _counter(server, "spec_decode_num_accepted_tokens_per_pos") == accepted
