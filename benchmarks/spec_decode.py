@@ -20,6 +20,7 @@ import json
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,8 +43,12 @@ def prompts(tokenizer: Any) -> dict[str, list[int]]:
     return {"repeat": tokenizer.encode(repeat), "chat": tokenizer.encode(chat)}
 
 
-def timed(engine: LLMEngine, prompt: list[int], max_tokens: int, batch: int = 1) -> dict[str, float]:
-    """B copies of one greedy request at once; aggregate decode tok/s and this run's acceptance."""
+def timed(make: Callable[[], LLMEngine], prompt: list[int], max_tokens: int, batch: int = 1) -> dict[str, float]:
+    """B copies of one greedy request at once; aggregate decode tok/s and this run's acceptance.
+
+    A fresh engine per run: engines share the runner's KV cache, so one engine's prefix cache must
+    never outlive another engine's writes."""
+    engine = make()
     s = engine.scheduler.spec_stats
     drafted, accepted = s.num_draft_tokens, s.num_accepted_tokens
     params = SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True)
@@ -62,7 +67,7 @@ def timed(engine: LLMEngine, prompt: list[int], max_tokens: int, batch: int = 1)
     return {"tokens": tokens, "decode_tok_s": rate, "acceptance": (s.num_accepted_tokens - accepted) / d if d else 0.0}
 
 
-def compare(engines: dict[str, LLMEngine], prompt: list[int], args: argparse.Namespace, batch: int = 1
+def compare(engines: dict[str, Callable[[], LLMEngine]], prompt: list[int], args: argparse.Namespace, batch: int = 1
             ) -> dict[str, Any]:
     runs: dict[str, list[dict[str, float]]] = {k: [] for k in engines}
     for engine in engines.values():  # warm-up (and prefix cache fill), not counted
@@ -79,7 +84,7 @@ def compare(engines: dict[str, LLMEngine], prompt: list[int], args: argparse.Nam
     return out
 
 
-def build(args: argparse.Namespace) -> tuple[Any, dict[str, LLMEngine]]:
+def build(args: argparse.Namespace) -> tuple[Any, dict[str, Callable[[], LLMEngine]]]:
     from serve.spec_decode.draft_model import DraftModelProposer
     from serve.worker.model_runner import ModelRunner, RunnerConfig
 
@@ -91,8 +96,8 @@ def build(args: argparse.Namespace) -> tuple[Any, dict[str, LLMEngine]]:
     draft = SpecDecodeConfig(speculative_method="draft", num_speculative_tokens=args.draft_k,
                              speculative_quantization=args.draft_quant, speculative_disable_by_batch_size=gate)
     proposer = DraftModelProposer.for_target(runner, draft, max_batch=8)
-    return runner, {"plain": LLMEngine(runner), "ngram": LLMEngine(runner, speculative=ngram),
-                    "draft": LLMEngine(runner, speculative=draft, proposer=proposer)}
+    return runner, {"plain": lambda: LLMEngine(runner), "ngram": lambda: LLMEngine(runner, speculative=ngram),
+                    "draft": lambda: LLMEngine(runner, speculative=draft, proposer=proposer)}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -114,7 +119,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     result: dict[str, Any] = {
         "command": "python -m benchmarks.spec_decode " + " ".join(argv if argv is not None else sys.argv[1:]),
         "machine": machine_info(), "git_commit": git_commit(), "args": vars(args),
-        "draft_quant_used": getattr(engines["draft"].spec.proposer.model, "quantization", None),
+        "target_quant_used": getattr(runner.model, "quantization", None),
+        "draft_quant_used": getattr(engines["draft"]().spec.proposer.model, "quantization", None),
         "repeat_ngram": compare({"plain": engines["plain"], "ngram": engines["ngram"]}, ps["repeat"], args),
         "chat_draft": compare({"plain": engines["plain"], "draft": engines["draft"]}, ps["chat"], args),
         "repeat_draft": compare({"plain": engines["plain"], "draft": engines["draft"]}, ps["repeat"], args),

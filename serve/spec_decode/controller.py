@@ -6,6 +6,11 @@ last sampled token computed), has room for more than one output token, did not o
 `speculative_disable_by_batch_size` (beyond it a step is compute-bound and verifying k + 1 tokens per
 request is no longer nearly free). With `speculative_adaptive`, k per request follows its last
 verification: +1 after all drafts were accepted, else accepted + 1.
+
+Reproducibility: greedy output never depends on speculation. A seeded sampled request draws k + 1
+uniforms from its own generator per verification, so its tokens (always distributed exactly as
+without speculation) repeat for the same seed under the same drafts: same settings, and a batch that
+stays on the same side of the batch-size gate (adaptive k and the gate change the drafts).
 """
 
 from __future__ import annotations
