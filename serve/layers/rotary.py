@@ -49,14 +49,15 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("sin", angles.sin(), persistent=False)
 
     def lookup(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """positions: [T] int64 -> (cos, sin), each [T, 1, D] in `dtype`, ready to broadcast over heads."""
+        """positions: [T] int64 -> (cos, signed_sin), each [T, 1, D] in `dtype`, ready to broadcast over
+        heads. signed_sin = [-sin | sin], so that rotate_half(x) * sin == roll(x, D/2) * signed_sin."""
         cos = self.cos.index_select(0, positions)
         sin = self.sin.index_select(0, positions)
-        return torch.cat((cos, cos), -1).unsqueeze(1).to(dtype), torch.cat((sin, sin), -1).unsqueeze(1).to(dtype)
+        return torch.cat((cos, cos), -1).unsqueeze(1).to(dtype), torch.cat((-sin, sin), -1).unsqueeze(1).to(dtype)
 
 
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x: [T, heads, D]; cos, sin: [T, 1, D]. Returns x * cos + rotate_half(x) * sin (HF formula)."""
-    half = x.shape[-1] // 2
-    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-    return x * cos + rotated * sin
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+    """x: [T, heads, D]; cos, signed_sin: [T, 1, D] from `lookup`. Returns x * cos + rotate_half(x) * sin
+    (HF formula), written as one roll and one fused multiply-add: 3 kernels instead of 7 per call,
+    and callers rotate Q and K heads together in one call."""
+    return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, -1), signed_sin)

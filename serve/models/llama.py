@@ -19,9 +19,13 @@ from serve.layers.activation import silu_and_mul
 from serve.layers.linear import Linear
 from serve.layers.norm import RMSNorm
 from serve.layers.quant.base import get_quant_method
+from serve.layers.quant.w8a8 import method_for_role
 from serve.layers.rotary import RotaryEmbedding, apply_rotary
 from serve.models.config import ModelArchConfig
 from serve.worker.forward_context import ForwardContext
+
+# Methods that quantize float rows when loading (as opposed to reading a pre-quantized checkpoint).
+QUANTIZE_AT_LOAD = frozenset({"int8", "int8_reference", "int8_bf16act", "w8a8", "w8a8_reference"})
 
 
 class LlamaAttention(nn.Module):
@@ -38,10 +42,11 @@ class LlamaAttention(nn.Module):
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
         """x: [T, H] -> [T, H]."""
         t = x.shape[0]
-        q, k, v = self.qkv_proj(x).split([self.n_heads * self.head_dim, self.n_kv * self.head_dim,
-                                          self.n_kv * self.head_dim], dim=-1)
-        q = apply_rotary(q.view(t, self.n_heads, self.head_dim), cos, sin)
-        k = apply_rotary(k.view(t, self.n_kv, self.head_dim), cos, sin)
+        qk, v = self.qkv_proj(x).split([(self.n_heads + self.n_kv) * self.head_dim, self.n_kv * self.head_dim],
+                                       dim=-1)
+        # Q and K heads sit side by side in the fused projection: rotate them in one call.
+        q, k = apply_rotary(qk.view(t, self.n_heads + self.n_kv, self.head_dim), cos, sin).split(
+            [self.n_heads, self.n_kv], dim=1)
         o = self.backend.forward(q, k, v.view(t, self.n_kv, self.head_dim), self.k_cache, self.v_cache,
                                  ctx.attn_metadata, self.scale)
         return self.o_proj(o.reshape(t, -1))
@@ -52,7 +57,8 @@ class LlamaMLP(nn.Module):
         super().__init__()
         inter = cfg.intermediate_size
         self.gate_up_proj = Linear(cfg.hidden_size, [inter, inter], get_quant_method(quant), dtype)
-        self.down_proj = Linear(inter, [cfg.hidden_size], get_quant_method(quant), dtype)
+        self.down_proj = Linear(inter, [cfg.hidden_size], get_quant_method(method_for_role(quant, "down_proj")),
+                                dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(silu_and_mul(self.gate_up_proj(x)))
@@ -97,6 +103,11 @@ class LlamaForCausalLM(nn.Module):
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype)
         self.lm_head = None if cfg.tie_word_embeddings else Linear(
             cfg.hidden_size, [cfg.vocab_size], get_quant_method(quant), dtype)
+        # Tied embeddings under an at-load quant method: the vocab projection (the largest matmul of
+        # a decode step for small models) gets a quantized copy; the lookup table stays float.
+        self.tied_head = Linear(cfg.hidden_size, [cfg.vocab_size], get_quant_method(method_for_role(quant, "lm_head")),
+                                dtype) if (
+            cfg.tie_word_embeddings and quant in QUANTIZE_AT_LOAD) else None
         self._max_positions = max_positions or cfg.max_position_embeddings
         self.rotary = RotaryEmbedding(cfg.head_dim, self._max_positions, cfg.rope_theta, cfg.rope_scaling)
 
@@ -120,7 +131,8 @@ class LlamaForCausalLM(nn.Module):
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden: [N, H] -> logits [N, vocab] float32."""
-        logits = F.linear(hidden, self.embed_tokens) if self.lm_head is None else self.lm_head(hidden)
+        head = self.lm_head if self.lm_head is not None else self.tied_head
+        logits = F.linear(hidden, self.embed_tokens) if head is None else head(hidden)
         return logits.float()
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
@@ -141,6 +153,8 @@ class LlamaForCausalLM(nn.Module):
         missing = expected - seen
         if missing:
             raise ValueError(f"checkpoint lacks {len(missing)} weights, e.g. {sorted(missing)[:3]}")
+        if self.tied_head is not None:
+            self.tied_head.load_shard(0, self.embed_tokens.data)
         for m in self.modules():
             if isinstance(m, Linear):
                 m.finalize()

@@ -46,7 +46,7 @@ def register_quant_method(name: str, factory: Callable[[], QuantMethod]) -> None
 def get_quant_method(name: str) -> QuantMethod:
     if name not in _REGISTRY:
         # Built-in methods register on import; import here so callers need not know module names.
-        from serve.layers.quant import gguf, gptq, int8, unquantized  # noqa: F401
+        from serve.layers.quant import gguf, gptq, int8, unquantized, w8a8  # noqa: F401
     if name not in _REGISTRY:
         raise ValueError(f"unknown quantization method {name!r}; available: {', '.join(sorted(_REGISTRY))}")
     return _REGISTRY[name]()
