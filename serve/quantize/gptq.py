@@ -68,37 +68,44 @@ def _inverse_hessian_factor(h: torch.Tensor, damp_percent: float) -> torch.Tenso
     raise ValueError("Hessian is not positive definite even with heavy damping; use more calibration data")
 
 
-def _prepare(w: torch.Tensor, h: torch.Tensor, act_order: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Zero out dead inputs (never active: diag(H) == 0) and apply the column order.
-    Returns (W [N, K] f32 permuted, H permuted, perm [K])."""
+def column_order(h: torch.Tensor, act_order: bool) -> torch.Tensor:
+    """The order columns are quantized in: decreasing diag(H) with act-order, else 0..K-1."""
+    return torch.argsort(torch.diag(h), descending=True) if act_order else torch.arange(h.shape[0])
+
+
+def _prepare(w: torch.Tensor, h: torch.Tensor, perm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Zero out dead inputs (never active: diag(H) == 0) and apply the column order `perm`.
+    Returns (W [N, K] f32 permuted, H permuted)."""
     w = w.float().clone()
     h = h.clone()
     dead = torch.diag(h) == 0
     h[dead, dead] = 1.0
     w[:, dead] = 0.0
-    k = w.shape[1]
-    perm = torch.argsort(torch.diag(h), descending=True) if act_order else torch.arange(k)
-    return w[:, perm], h[perm][:, perm], perm
+    return w[:, perm], h[perm][:, perm]
 
 
-def gptq_quantize(w: torch.Tensor, h: torch.Tensor, spec: QuantSpec,
-                  opts: GPTQOptions = GPTQOptions()) -> QuantizedWeight:
+def gptq_quantize(w: torch.Tensor, h: torch.Tensor, spec: QuantSpec, opts: GPTQOptions = GPTQOptions(),
+                  order: torch.Tensor | None = None) -> QuantizedWeight:
     """w: [N, K] weight, h: [K, K] Hessian of its inputs -> QuantizedWeight in the original column order.
 
     With act_order, group j is the j-th run of `group_size` columns in quantization order, so a group's
-    columns are scattered in the original order and g_idx says where each column belongs.
+    columns are scattered in the original order and g_idx says where each column belongs. `order`
+    ([K] permutation) overrides `column_order(h)`: linears fused at load must share one g_idx.
     """
     n, k = w.shape
     if h.shape != (k, k):
         raise ValueError(f"Hessian shape {tuple(h.shape)} does not match weight in_features {k}")
+    perm = column_order(h, opts.act_order) if order is None else order
+    if perm.shape != (k,):
+        raise ValueError(f"column order of shape {tuple(perm.shape)} does not match in_features {k}")
     with single_thread():
-        return _gptq(w, h, spec, opts)
+        return _gptq(w, h, spec, opts, perm)
 
 
-def _gptq(w: torch.Tensor, h: torch.Tensor, spec: QuantSpec, opts: GPTQOptions) -> QuantizedWeight:
+def _gptq(w: torch.Tensor, h: torch.Tensor, spec: QuantSpec, opts: GPTQOptions, perm: torch.Tensor) -> QuantizedWeight:
     n, k = w.shape
     g = spec.effective_group(k)
-    w, h, perm = _prepare(w, h, opts.act_order)
+    w, h = _prepare(w, h, perm)
     u = _inverse_hessian_factor(h, opts.damp_percent)
     codes = torch.zeros(n, k, dtype=torch.int32)
     scales: list[torch.Tensor] = []

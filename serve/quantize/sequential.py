@@ -3,8 +3,10 @@
 The forward passes run on transformers' LlamaForCausalLM in float32 on CPU (only the calibration
 forwards; the algorithm is ours). Inputs of layer i are the outputs of layer i-1 *after* its weights
 were quantized, so later layers correct for the error of earlier ones. Inside a layer the linears are
-visited in "true sequential" order: q/k/v (one shared input, one Hessian), then o_proj, then
-gate/up, then down_proj; each group's Hessian is collected after the groups before it were quantized.
+visited in "true sequential" order: q/k/v (one shared input), then o_proj, then gate/up, then
+down_proj; each group's Hessian is collected after the groups before it were quantized. q/k share the
+plain input Hessian; v_proj gets the attention-mixed one of serve/quantize/value_hessian.py (in the
+same column order, so act-order's g_idx stays shared by the fused QKV layer).
 """
 
 from __future__ import annotations
@@ -16,9 +18,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from serve.quantize.gptq import GPTQOptions, HessianAccumulator, gptq_quantize
+from serve.quantize.gptq import GPTQOptions, HessianAccumulator, column_order, gptq_quantize
 from serve.quantize.grid import QuantizedWeight, QuantSpec, rtn_quantize
 from serve.quantize.threads import single_thread
+from serve.quantize.value_hessian import ValueHessian
 
 # Linears sharing one input are quantized from one Hessian (and so share act-order's g_idx).
 SEQUENTIAL_GROUPS: tuple[tuple[str, ...], ...] = (
@@ -64,26 +67,37 @@ def _run_layer(layer: nn.Module, inputs: list[torch.Tensor], kwargs: dict[str, A
 
 
 def _collect_hessians(layer: nn.Module, firsts: list[nn.Linear], inputs: list[torch.Tensor],
-                      kwargs: dict[str, Any]) -> list[torch.Tensor]:
-    """One pass over the calibration inputs; a Hessian for the input of each module in `firsts`."""
-    accs = [HessianAccumulator(m.in_features) for m in firsts]
+                      kwargs: dict[str, Any]) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
+    """One pass over the calibration inputs: a Hessian for the input of each module in `firsts`, and
+    {"self_attn.v_proj": attention-mixed Hessian} when q_proj is among them."""
+    accs: list[HessianAccumulator | ValueHessian] = [HessianAccumulator(m.in_features) for m in firsts]
+    mods = list(firsts)
+    extra: dict[str, ValueHessian] = {}
+    if layer.self_attn.q_proj in firsts:
+        extra["self_attn.v_proj"] = ValueHessian(layer.self_attn, kwargs)
+        mods.append(layer.self_attn.q_proj)
+        accs.append(extra["self_attn.v_proj"])
     handles = [m.register_forward_pre_hook(lambda _m, args, acc=acc: acc.add(args[0]))
-               for m, acc in zip(firsts, accs, strict=True)]
+               for m, acc in zip(mods, accs, strict=True)]
     try:
         _run_layer(layer, inputs, kwargs)
     finally:
         for h in handles:
             h.remove()
-    return [a.h for a in accs]
+    return [a.h for a in accs[:len(firsts)]], {k: v.h for k, v in extra.items()}
 
 
 def _quantize_group(layer: nn.Module, prefix: str, group: tuple[str, ...], h: torch.Tensor | None, spec: QuantSpec,
-                    opts: GPTQOptions, out: dict[str, QuantizedWeight]) -> None:
+                    opts: GPTQOptions, out: dict[str, QuantizedWeight],
+                    own: dict[str, torch.Tensor] | None = None) -> None:
+    """own: per-module Hessians replacing the group's `h` (columns still ordered by `h`)."""
+    order = column_order(h, opts.act_order) if h is not None else None
     for name in group:
         mod = layer.get_submodule(name)
         w = mod.weight.data
         with single_thread():
-            qw = gptq_quantize(w, h, spec, opts) if h is not None else rtn_quantize(w, spec)
+            hh = (own or {}).get(name, h)
+            qw = gptq_quantize(w, hh, spec, opts, order) if hh is not None else rtn_quantize(w, spec)
             mod.weight.data.copy_(qw.dequantize().to(w.dtype))
         out[f"{prefix}.{name}"] = qw
 
@@ -107,9 +121,9 @@ def quantize_decoder(model: nn.Module, windows: torch.Tensor | None, spec: Quant
         for groups in passes:
             progress(i, ", ".join("+".join(n.split(".")[-1] for n in g) for g in groups))
             firsts = [layer.get_submodule(g[0]) for g in groups]
-            hs = _collect_hessians(layer, firsts, inputs, kwargs) if method == "gptq" else [None] * len(groups)
+            hs, own = _collect_hessians(layer, firsts, inputs, kwargs) if method == "gptq" else ([None] * len(groups), {})
             for g, h in zip(groups, hs, strict=True):
-                _quantize_group(layer, f"model.layers.{i}", g, h, spec, opts, out)
+                _quantize_group(layer, f"model.layers.{i}", g, h, spec, opts, out, own)
         if method == "gptq":
             progress(i, "forward")
             inputs = _run_layer(layer, inputs, kwargs)
