@@ -5,8 +5,8 @@ In process (no HTTP), greedy, SmolLM2 bundled model. Two single-stream tasks:
     ngram (prompt lookup);
   * "chat" (open-ended story) -- plain vs draft (quantized self-draft: the target's own checkpoint
     under the draft quant method).
-Then a batch-size sweep (B copies of the repeat request at once) for plain vs ngram with the batch
-gate off, to see where speculation stops paying. Plain and speculative runs alternate (the machine's
+Then batch-size sweeps (B copies of the repeat request, then of the chat request, at once) for plain
+vs ngram with the batch gate off, to see where speculation stops paying. Plain and speculative runs alternate (the machine's
 load drifts). Decode tok/s = (tokens - B) / (last token time - first token time), aggregate over the
 batch. Acceptance = accepted / drafted tokens. Results go to benchmarks/results/<out>/spec_decode.json.
 
@@ -91,10 +91,11 @@ def build(args: argparse.Namespace) -> tuple[Any, dict[str, Callable[[], LLMEngi
     runner = ModelRunner(RunnerConfig(str(model_path(args.model)), dtype=args.dtype, num_threads=args.threads,
                                       quantization=args.target_quant, kv_cache_bytes=256 << 20))
     k, gate = args.k, 0  # the gate is what the sweep measures: off here
-    ngram = SpecDecodeConfig(speculative_method="ngram", num_speculative_tokens=k,
-                             speculative_disable_by_batch_size=gate)
+    ngram = SpecDecodeConfig(speculative_method="ngram", num_speculative_tokens=k, prompt_lookup_min=args.lookup_min,
+                             speculative_disable_by_batch_size=gate, speculative_adaptive=args.adaptive)
     draft = SpecDecodeConfig(speculative_method="draft", num_speculative_tokens=args.draft_k,
-                             speculative_quantization=args.draft_quant, speculative_disable_by_batch_size=gate)
+                             speculative_quantization=args.draft_quant, speculative_disable_by_batch_size=gate,
+                             speculative_adaptive=args.adaptive)
     proposer = DraftModelProposer.for_target(runner, draft, max_batch=8)
     return runner, {"plain": lambda: LLMEngine(runner), "ngram": lambda: LLMEngine(runner, speculative=ngram),
                     "draft": lambda: LLMEngine(runner, speculative=draft, proposer=proposer)}
@@ -111,7 +112,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("-k", type=int, default=4, help="num_speculative_tokens for ngram")
     ap.add_argument("--draft-k", type=int, default=3, help="num_speculative_tokens for the draft model")
-    ap.add_argument("--batches", type=int, nargs="*", default=[1, 2, 4, 8])
+    ap.add_argument("--adaptive", action="store_true", help="speculative_adaptive (k follows acceptance)")
+    ap.add_argument("--lookup-min", type=int, default=1, help="prompt_lookup_min for ngram")
+    ap.add_argument("--batches", type=int, nargs="*", default=[1, 2, 4, 8, 16])
     ap.add_argument("--out", default=None, help="directory name under benchmarks/results/")
     args = ap.parse_args(argv)
     runner, engines = build(args)
@@ -126,6 +129,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "repeat_draft": compare({"plain": engines["plain"], "draft": engines["draft"]}, ps["repeat"], args),
         "sweep_ngram": [compare({"plain": engines["plain"], "ngram": engines["ngram"]}, ps["repeat"], args, b)
                         for b in args.batches],
+        # Open-ended chat: little to copy, so this is the cost side (drafts that mostly fail).
+        "sweep_ngram_chat": [compare({"plain": engines["plain"], "ngram": engines["ngram"]}, ps["chat"], args, b)
+                             for b in args.batches],
     }
     result["machine"]["load_avg_1m_end"] = machine_info()["load_avg_1m"]
     print_summary(result)
@@ -142,9 +148,10 @@ def print_summary(r: dict[str, Any]) -> None:
         base, spec = [n for n in c if n not in ("batch", "speedup")]
         print(f"{key:13s} {base} {c[base]['decode_tok_s']:7.1f} tok/s  {spec} {c[spec]['decode_tok_s']:7.1f} tok/s"
               f"  speedup {c['speedup']:.2f}x  acceptance {c[spec]['acceptance']:.2f}")
-    for c in r["sweep_ngram"]:
-        print(f"batch {c['batch']:2d}  plain {c['plain']['decode_tok_s']:7.1f}  ngram {c['ngram']['decode_tok_s']:7.1f}"
-              f"  speedup {c['speedup']:.2f}x  acceptance {c['ngram']['acceptance']:.2f}")
+    for key in ("sweep_ngram", "sweep_ngram_chat"):
+        for c in r[key]:
+            print(f"{key:16s} batch {c['batch']:2d}  plain {c['plain']['decode_tok_s']:7.1f}  ngram {c['ngram']['decode_tok_s']:7.1f}"
+                  f"  speedup {c['speedup']:.2f}x  acceptance {c['ngram']['acceptance']:.2f}")
 
 
 if __name__ == "__main__":

@@ -88,12 +88,14 @@ def test_batch_gate_stops_proposals_above_the_limit() -> None:
     assert got["good3"] == reference_continuation(PROMPTS["good"], 30)
 
 
-def test_adaptive_k_grows_on_acceptance_and_shrinks_on_rejection() -> None:
+def test_adaptive_k_grows_on_acceptance_shrinks_and_pauses_on_rejection() -> None:
     proposer = OracleProposer()
     config = SpecDecodeConfig(speculative_method="draft", num_speculative_tokens=4, speculative_adaptive=True)
     drive(engine_with(config, proposer), {"good": greedy(40), "bad": greedy(40)})
     ks = {rid: [i.k for call in proposer.calls for i in call if i.req_id == rid] for rid in ("good", "bad")}
-    assert ks["good"][:3] == [4, 4, 4] and ks["bad"][1:4] == [1, 1, 1]
+    assert ks["good"][:3] == [4, 4, 4] and ks["bad"][1:3] == [1, 1]
+    # ~40 one-token steps, but failing drafts pause proposing for 1, 2, 4, ... 16 steps: few proposals.
+    assert len(ks["bad"]) < 10
 
 
 def test_engine_options_from_strings_and_errors() -> None:
