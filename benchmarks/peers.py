@@ -67,15 +67,18 @@ def bench_config(a: argparse.Namespace, stack: Stack, base_url: str) -> Any:
 def run_stack(a: argparse.Namespace, stack: Stack, out_dir: Path) -> dict[str, Any]:
     from benchmarks.bench_serve import bench
     from benchmarks.procs import free_port, running
+    from benchmarks.rss import tree_peak_rss_mib
 
     port = free_port()
     log = out_dir / "logs" / f"{stack.name}.log"
     print(f"== {stack.name}: starting ({stack.description})", flush=True)
-    with running(stack.command(port), stack.env, log, port, stack.start_timeout_s) as (base, waited):
+    with running(stack.command(port), stack.env, log, port, stack.start_timeout_s) as (base, waited, pid):
         print(f"   healthy after {waited:.1f} s", flush=True)
         result = asyncio.run(bench(bench_config(a, stack, base), ["sluice", *sys.argv[1:]]))
+        peak = tree_peak_rss_mib(pid)
     result["stack"] = {"name": stack.name, "description": stack.description, "startup_s": round(waited, 1),
-                       "command": stack.command(port)}
+                       "command": stack.command(port), "peak_rss_mib": peak}
+    print(f"   peak RSS of the server process tree: {peak} MiB", flush=True)
     return result
 
 

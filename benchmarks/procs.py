@@ -63,8 +63,8 @@ def stop(proc: subprocess.Popen[bytes], grace_s: float = 20.0) -> None:
 
 @contextmanager
 def running(argv: list[str], env: dict[str, str], log: Path, port: int,
-            timeout_s: float) -> Iterator[tuple[str, float]]:
-    """Yields (base URL, seconds to healthy); the process is stopped on every way out."""
+            timeout_s: float) -> Iterator[tuple[str, float, int]]:
+    """Yields (base URL, seconds to healthy, pid); the process is stopped on every way out."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("wb") as out:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **env},
@@ -72,6 +72,6 @@ def running(argv: list[str], env: dict[str, str], log: Path, port: int,
         try:
             base = f"http://127.0.0.1:{port}"
             waited = wait_healthy(proc, base, timeout_s, log)
-            yield base, waited
+            yield base, waited, proc.pid
         finally:
             stop(proc)

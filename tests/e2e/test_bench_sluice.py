@@ -27,7 +27,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             "--port", str(port), "-o", "n_parallel=2", "-o", "n_ctx_per_seq=256", "-o", "n_threads=1",
             "--log-level", "warning"]  # one thread: two spinning threads collapse on a busy 2-core box
     log = tmp_path_factory.mktemp("sluice") / "serve.log"
-    with running(argv, {"HF_HUB_OFFLINE": "1"}, log, port, timeout_s=180) as (base, _):
+    with running(argv, {"HF_HUB_OFFLINE": "1"}, log, port, timeout_s=180) as (base, _, _pid):
         yield base
 
 
