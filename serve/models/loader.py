@@ -144,14 +144,15 @@ def load_model(path: str | Path, dtype: str = "auto", device: str | torch.device
                max_positions: int | None = None, block_size: int = 16) -> torch.nn.Module:
     """Build the model for the checkpoint's architecture and load its weights (eval, no grad).
 
-    quant: "auto" (the checkpoint's own format: GPTQ dir -> "gptq", GGUF -> "gguf", else "none") or a
+    quant: "auto" (the checkpoint's own format: GPTQ dir -> "gptq", GGUF -> "gguf" (on a float32 CPU:
+    "int8_bf16act", see `auto_quant`), else "none") or a
     registered quant method name. The method used is logged and kept as `model.quantization`.
     """
     dev = torch.device(device)
     torch_dtype = resolve_dtype(dtype, dev)
     p = resolve_checkpoint(path)
     cfg = load_model_config(p)
-    method = resolve_quant(p, quant, dev)
+    method = resolve_quant(p, quant, dev, torch_dtype)
     log.info("loading %s: quantization=%s (requested %s), dtype=%s", p.name, method, quant, torch_dtype)
     backend = get_backend(attention_backend, dev, block_size)
     with dev:

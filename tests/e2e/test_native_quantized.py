@@ -1,6 +1,7 @@
 """Quantized checkpoints behind the real HTTP server (`--backend native`), driven with the openai client:
 a GPTQ directory made by `sluice quantize` (RTN: no calibration pass, fits in CI) and the bundled
-Q4_1 GGUF, both with the default quantization="auto" (the checkpoint's own format, int4 kernel).
+Q4_1 GGUF, the GPTQ dir with the default quantization="auto" (its own format, int4 kernel), the GGUF
+with quantization="gguf" (Q4 blocks into the int4 kernel; "auto" picks int8 on a float32 CPU).
 
 The served greedy text must equal the same checkpoint's model driven directly in this process, and
 the server log must name the quantization it chose.
@@ -51,7 +52,7 @@ def gptq_server(gptq_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
 @pytest.fixture(scope="module")
 def gguf_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProc]:
     gguf_path()  # skips when the bundled model is not pulled
-    yield from _serve([], tmp_path_factory.mktemp("gguf-srv"))
+    yield from _serve(["-o", "quantization=gguf"], tmp_path_factory.mktemp("gguf-srv"))
 
 
 def _client(server: ServerProc) -> openai.OpenAI:
@@ -67,14 +68,14 @@ def _served_greedy(server: ServerProc, tokens: int) -> str:
     return r.choices[0].text
 
 
-def _direct_greedy(path: str, tokens: int) -> str:
-    """The same checkpoint in this process, quantization "auto", float32 activations (the server's
+def _direct_greedy(path: str, tokens: int, quant: str = "auto") -> str:
+    """The same checkpoint in this process, the same quantization, float32 activations (the server's
     dtype "auto" on a CPU without native bf16; on one with it, both sides would use bf16)."""
     from benchmarks.quality_models import NativeLM
     from serve.models.loader import cpu_has_native_bf16, load_tokenizer
 
     tok = load_tokenizer(path)
-    lm = NativeLM(path, dtype="bfloat16" if cpu_has_native_bf16() else "float32", max_len=256)
+    lm = NativeLM(path, dtype="bfloat16" if cpu_has_native_bf16() else "float32", quant=quant, max_len=256)
     ids = list(tok(PROMPT)["input_ids"])
     out: list[int] = []
     for _ in range(tokens):
@@ -92,7 +93,7 @@ def test_gptq_checkpoint_serves_through_the_int4_kernel(gptq_server: ServerProc,
 def test_bundled_gguf_serves_q4_blocks_through_the_int4_kernel(gguf_server: ServerProc) -> None:
     text = _served_greedy(gguf_server, 8)
     assert "Paris" in text, text
-    assert text == _direct_greedy(gguf_path(), 8)
+    assert text == _direct_greedy(gguf_path(), 8, "gguf")
     log = gguf_server.log_path.read_text()
-    assert "quantization=gguf (requested auto)" in log
+    assert "quantization=gguf (requested gguf)" in log
     assert "210 linear weights as Q4 blocks for the int4 kernel, 0 dequantized" in log

@@ -78,3 +78,15 @@ def test_bundled_gguf_auto_is_gguf_int4() -> None:
     assert resolve_quant(path, "none") == "none" and resolve_quant(path, "int8") == "int8"
     with pytest.raises(ValueError, match="needs a GPTQ checkpoint"):
         resolve_quant(path, "gptq")
+
+
+def test_auto_on_a_float32_cpu_sends_gguf_to_int8_with_bf16_activations() -> None:
+    import torch
+
+    from serve.layers.quant.checkpoint_loading import auto_quant
+
+    cpu = torch.device("cpu")
+    assert auto_quant("gguf", cpu, torch.float32) == "int8_bf16act"
+    assert auto_quant("gguf", cpu, torch.bfloat16) == "gguf"  # native bf16: the int4 kernel is fast
+    assert auto_quant("gptq", cpu, torch.float32) == "gptq"  # a GPTQ checkpoint keeps its own weights
+    assert auto_quant(None, cpu, torch.float32) == "none"  # float checkpoints stay float unless asked
