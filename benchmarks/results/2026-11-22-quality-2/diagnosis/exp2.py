@@ -1,3 +1,4 @@
+# ruff: noqa  -- diagnosis script kept as run (paths of the machine it ran on), not product code
 """GPTQ diagnosis experiments (not committed): fake-quant HF model, ppl on short slices."""
 import sys, time, math, json, os
 import torch

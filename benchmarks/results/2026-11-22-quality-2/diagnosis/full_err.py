@@ -1,3 +1,4 @@
+# ruff: noqa  -- diagnosis script kept as run (paths of the machine it ran on), not product code
 """Run the real pipeline (gptq mixed d0.1) and RTN; per-linear KJV output error with float-model activations."""
 import sys, json, torch
 sys.path.insert(0, "/work/main")

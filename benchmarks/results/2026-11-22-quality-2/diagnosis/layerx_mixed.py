@@ -1,3 +1,4 @@
+# ruff: noqa  -- diagnosis script kept as run (paths of the machine it ran on), not product code
 """Per-linear diagnosis: GPTQ vs RTN output error on calibration and held-out activations (float model inputs)."""
 import sys, json, torch
 sys.path.insert(0, "/work/main")

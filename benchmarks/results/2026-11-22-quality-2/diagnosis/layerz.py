@@ -1,3 +1,4 @@
+# ruff: noqa  -- diagnosis script kept as run (paths of the machine it ran on), not product code
 import sys, torch
 sys.path.insert(0, "/work/main")
 from serve.quantize.gptq import GPTQOptions, gptq_quantize
