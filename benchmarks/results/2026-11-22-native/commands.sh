@@ -43,3 +43,15 @@ $PY -m benchmarks.native_variants --threads 2 --steps 64 --batch 1 32 \
 #    the quantized self-draft (w8a8) on open-ended chat, then batch sweeps.
 $PY -m benchmarks.spec_decode --threads 2 --reps 2 --max-tokens 96 --adaptive --target-quant int8_bf16act \
   --draft-quant w8a8 --batches 1 4 8 16 --out 2026-11-22-native/spec
+
+# 5. (after steps 1-4 and a CI run, same session, idle machine) the native server with
+#    -o quantization=w8a8 at concurrency 32, same workload as step 1's c=32 level.
+port=18777
+OMP_NUM_THREADS=2 sluice serve --backend native --port $port --log-level warning -o quantization=w8a8 \
+  > $R/w8a8-server.log 2>&1 &
+until curl -sf localhost:$port/health > /dev/null; do sleep 0.5; done
+sluice bench serve --base-url http://127.0.0.1:$port --model smollm2-135m-instruct --tokenizer $G \
+  --dataset random --input-len 128 --output-len 128 --ignore-eos --num-requests 128 --warmup 4 \
+  --load concurrency --concurrency 32 --time-limit 180 --label sluice-native-w8a8-c32 \
+  --out $R/native-w8a8-c32.json --quiet
+kill %1
