@@ -18,8 +18,7 @@ from serve.attention.base import AttentionBackend
 from serve.layers.activation import silu_and_mul
 from serve.layers.linear import Linear
 from serve.layers.norm import RMSNorm
-from serve.layers.quant.base import get_quant_method
-from serve.layers.quant.w8a8 import method_for_role
+from serve.layers.quant.base import get_quant_method, method_for_role
 from serve.layers.rotary import RotaryEmbedding, apply_rotary
 from serve.models.config import ModelArchConfig
 from serve.worker.forward_context import ForwardContext

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -76,3 +77,12 @@ def wait_healthy(server: ServerProc, timeout_s: float = 120.0) -> None:
         time.sleep(0.2)
     server.kill()
     raise RuntimeError(f"server not healthy after {timeout_s}s:\n{server.log()}")
+
+
+def metric_sum(base_url: str, pattern: str) -> float:
+    """Sum of every labelled sample of the Prometheus metric `sluice:<pattern>` (a regex) at /metrics;
+    fails when none is exported."""
+    text = httpx.get(f"{base_url}/metrics", timeout=10).text
+    values = [float(v) for v in re.findall(rf"^sluice:{pattern}\{{[^}}]*\}} (\S+)$", text, re.M)]
+    assert values, f"{pattern} not exported"
+    return sum(values)

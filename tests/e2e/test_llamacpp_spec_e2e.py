@@ -3,14 +3,12 @@ greedy text equals a plain server's, the spec_decode metrics count drafts, a bad
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
-import httpx
 import openai
 import pytest
 
-from tests.e2e.server_proc import MODEL, REPO, start_server
+from tests.e2e.server_proc import MODEL, REPO, metric_sum, start_server
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -27,10 +25,7 @@ def _complete(base_url: str) -> str:
 
 
 def _metric(base_url: str, name: str) -> float:
-    text = httpx.get(f"{base_url}/metrics", timeout=10).text
-    values = [float(v) for v in re.findall(rf"^sluice:{name}(?:_total)?\{{[^}}]*\}} (\S+)$", text, re.M)]
-    assert values, f"{name} not exported"
-    return sum(values)
+    return metric_sum(base_url, rf"{name}(?:_total)?")
 
 
 def test_greedy_http_equals_plain_and_metrics(tmp_path: Path) -> None:

@@ -4,14 +4,12 @@ with n-gram speculation equals the same server's text with speculation switched 
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 
-import httpx
 import openai
 import pytest
 
-from tests.e2e.server_proc import MODEL, REPO, ServerProc, start_server
+from tests.e2e.server_proc import MODEL, REPO, ServerProc, metric_sum, start_server
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 _PASSAGE = (REPO / "benchmarks/data/kjv_genesis37-45_ruth.txt").read_text()[2000:2400]
@@ -30,10 +28,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProc]:
 
 
 def _counter(server: ServerProc, name: str) -> float:
-    text = httpx.get(f"{server.base_url}/metrics", timeout=10).text
-    values = [float(v) for v in re.findall(rf"^sluice:{name}_total\{{[^}}]*\}} (\S+)$", text, re.M)]
-    assert values, f"{name} not exported"
-    return sum(values)
+    return metric_sum(server.base_url, f"{name}_total")
 
 
 def test_ngram_greedy_equals_no_speculation_and_counts(server: ServerProc) -> None:

@@ -72,7 +72,7 @@ def test_real_model_w8a8_matches_reference_and_tracks_float() -> None:
 
 
 def test_outlier_roles_keep_bf16_activations() -> None:
-    from serve.layers.quant.w8a8 import method_for_role
+    from serve.layers.quant.base import method_for_role
 
     assert method_for_role("w8a8", "down_proj") == "int8_bf16act"
     assert method_for_role("w8a8", "qkv_proj") == "w8a8"

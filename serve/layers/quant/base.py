@@ -50,3 +50,17 @@ def get_quant_method(name: str) -> QuantMethod:
     if name not in _REGISTRY:
         raise ValueError(f"unknown quantization method {name!r}; available: {', '.join(sorted(_REGISTRY))}")
     return _REGISTRY[name]()
+
+
+# Per-role overrides: a scheme may give some layer roles (e.g. "down_proj", "lm_head") another method.
+_ROLE_OVERRIDES: dict[str, dict[str, str]] = {}
+
+
+def register_role_overrides(name: str, overrides: dict[str, str]) -> None:
+    _ROLE_OVERRIDES[name] = dict(overrides)
+
+
+def method_for_role(quant: str, role: str) -> str:
+    """The quant method a layer of `role` gets under the model-wide `quant` (usually `quant` itself)."""
+    get_quant_method(quant)  # validates the name and loads the built-in methods (and their overrides)
+    return _ROLE_OVERRIDES.get(quant, {}).get(role, quant)

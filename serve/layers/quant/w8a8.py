@@ -12,7 +12,7 @@ Numerics (both paths below compute the same thing):
     row), asymmetric uint8 with torch's dynamic quantization parameters and `reduce_range` (7-bit
     range, 0..127), which keeps AVX2's 16-bit pairwise accumulation from saturating;
   * the MLP down projection, whose inputs carry outlier channels, keeps bf16 activations
-    (`int8_bf16act`, see `method_for_role`);
+    (`int8_bf16act`, via the role overrides registered below);
   * output: float32 (cast back to the activation dtype).
 `w8a8_reference` fake-quantizes the activations with the same parameters, dequantizes the weights
 and calls F.linear; it runs on any device and is what the kernel is tested against.
@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from serve.layers.quant.base import register_quant_method
+from serve.layers.quant.base import register_quant_method, register_role_overrides
 from serve.layers.quant.int8 import Int8ReferenceMethod, quantize_int8
 
 REDUCE_RANGE = True  # fbgemm's default for dynamic linear on x86; 8-bit activations saturate AVX2 pair sums
@@ -122,14 +122,10 @@ class Int8Bf16ActMethod(Int8ReferenceMethod):
 # the typical magnitude here): W8A8 keeps their activations in bf16 instead of 7-bit integers.
 # KJV perplexity, f32 14.69: all layers W8A8 per token 15.29; down_proj as int8_bf16act 14.87.
 _W8A8_ROLES = {"down_proj": "int8_bf16act", "lm_head": "int8_bf16act"}
-_OUTLIER_ROLES = {"w8a8": _W8A8_ROLES, "w8a8_reference": _W8A8_ROLES}
-
-
-def method_for_role(quant: str, role: str) -> str:
-    """The quant method a layer of `role` (e.g. "down_proj") gets under the model-wide `quant`."""
-    return _OUTLIER_ROLES.get(quant, {}).get(role, quant)
 
 
 register_quant_method("w8a8", W8A8Method)
 register_quant_method("w8a8_reference", W8A8ReferenceMethod)
 register_quant_method("int8_bf16act", Int8Bf16ActMethod)
+register_role_overrides("w8a8", _W8A8_ROLES)
+register_role_overrides("w8a8_reference", _W8A8_ROLES)
