@@ -12,6 +12,11 @@ How the paged cache is read, and why its cost follows the tokens attended, not t
     longest, so padded rows are less than twice the rows attended.
   * Grouped-query attention without repeating K/V: the g = Hq / Hkv query heads that share a KV head
     are folded into the query-length axis, q: [G, Hkv, q_len * g, D] against K: [G, Hkv, L, D].
+  * Decode groups (q_len == 1) on a CPU where serve/kernels/cpu builds skip the gather and SDPA:
+    `paged_decode_attention` reads each sequence's slots through its block table in place. Besides
+    saving ~90 us per layer at batch 1, it makes a decode row's result independent of the batch
+    around it (SDPA's result depends on the group's padded length), so greedy n > 1 samples and a
+    request alone or in a crowd produce the same tokens.
 """
 
 from __future__ import annotations
@@ -32,6 +37,8 @@ class _Group:
     max_len: int
     slots: torch.Tensor  # [G * max_len] int64 cache slots to gather (padding points at slot 0)
     mask: torch.Tensor | None  # [G, 1, q_len, max_len] bool, True = attend; None: no masking needed
+    table: torch.Tensor  # [G, ceil(max_len / block_size)] int64 block ids (padded with 0)
+    lens: torch.Tensor  # [G] int64 context lengths
     _folded: dict[tuple[int, torch.dtype], torch.Tensor | None] = field(default_factory=dict)
 
     def folded_mask(self, g: int, dtype: torch.dtype) -> torch.Tensor | None:
@@ -69,6 +76,7 @@ class TorchSDPABackend:
 
     def __init__(self, device: torch.device, block_size: int = 16) -> None:
         self.device = device
+        self._decode_kernel = _cpu_decode_kernel(device)
 
     def prepare(self, ctx: ForwardContext) -> SDPAMetadata:
         by_qlen: dict[int, list[int]] = {}
@@ -106,7 +114,7 @@ class TorchSDPABackend:
         slots = torch.where(key_pos.unsqueeze(0) < lens_t.unsqueeze(1), slots, 0)
         rows = torch.tensor([starts[m] + j for m in members for j in range(q_len)], dtype=torch.int64, device=dev)
         return _Group(rows, q_len, len(members), max_len, slots.reshape(-1).contiguous(),
-                      mask if needs_mask else None)
+                      mask if needs_mask else None, table, lens_t)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,
                 v_cache: torch.Tensor, meta: SDPAMetadata, scale: float) -> torch.Tensor:
@@ -116,19 +124,26 @@ class TorchSDPABackend:
         k_flat.index_copy_(0, meta.slot_mapping, k)
         v_flat.index_copy_(0, meta.slot_mapping, v)
         if len(meta.groups) == 1 and not meta.fresh and meta.groups[0].rows is None:
-            return self._attend_group(q, k_flat, v_flat, meta.groups[0], scale)
+            return self._attend_cached(q, k_cache, v_cache, k_flat, v_flat, meta.groups[0], scale)
         out = torch.empty_like(q)
         for start, length in meta.fresh:
             out[start:start + length] = self._attend_fresh(q[start:start + length], k[start:start + length],
                                                            v[start:start + length], scale)
         for grp in meta.groups:
             qg = q if grp.rows is None else q.index_select(0, grp.rows)
-            res = self._attend_group(qg, k_flat, v_flat, grp, scale)
+            res = self._attend_cached(qg, k_cache, v_cache, k_flat, v_flat, grp, scale)
             if grp.rows is None:
                 out.copy_(res)
             else:
                 out.index_copy_(0, grp.rows, res)
         return out
+
+    def _attend_cached(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, k_flat: torch.Tensor,
+                       v_flat: torch.Tensor, grp: _Group, scale: float) -> torch.Tensor:
+        if (self._decode_kernel is not None and grp.q_len == 1 and q.dtype == k_cache.dtype
+                and q.dtype in (torch.float32, torch.bfloat16)):
+            return self._decode_kernel(q.contiguous(), k_cache, v_cache, grp.table, grp.lens, scale)
+        return self._attend_group(q, k_flat, v_flat, grp, scale)
 
     @staticmethod
     def _attend_fresh(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
@@ -151,3 +166,11 @@ class TorchSDPABackend:
         qf = q.view(n, ql, n_kv, g, d).permute(0, 2, 1, 3, 4).reshape(n, n_kv, ql * g, d)
         o = F.scaled_dot_product_attention(qf, kk, vv, attn_mask=grp.folded_mask(g, q.dtype), scale=scale)
         return o.view(n, n_kv, ql, g, d).permute(0, 2, 1, 3, 4).reshape(n * ql, n_kv * g, d)
+
+
+def _cpu_decode_kernel(device: torch.device):  # noqa: ANN202 - the kernel function or None
+    if device.type != "cpu":
+        return None
+    from serve.kernels import cpu
+
+    return cpu.paged_decode_attention if cpu.available() else None

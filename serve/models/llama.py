@@ -25,6 +25,9 @@ from serve.worker.forward_context import ForwardContext
 
 # Methods that quantize float rows when loading (as opposed to reading a pre-quantized checkpoint).
 QUANTIZE_AT_LOAD = frozenset({"int8", "int8_reference", "int8_bf16act", "w8a8", "w8a8_reference"})
+# Methods whose tied vocab projection gets its own (quantized) Linear: the at-load methods quantize
+# the embedding's float rows; "gguf" takes the embedding's Q4/Q8 blocks from the file.
+TIED_HEAD_METHODS = QUANTIZE_AT_LOAD | {"gguf"}
 
 
 class LlamaAttention(nn.Module):
@@ -102,11 +105,11 @@ class LlamaForCausalLM(nn.Module):
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype)
         self.lm_head = None if cfg.tie_word_embeddings else Linear(
             cfg.hidden_size, [cfg.vocab_size], get_quant_method(quant), dtype)
-        # Tied embeddings under an at-load quant method: the vocab projection (the largest matmul of
-        # a decode step for small models) gets a quantized copy; the lookup table stays float.
+        # Tied embeddings under a quantized method: the vocab projection (the largest matmul of a
+        # decode step for small models) gets a quantized copy; the lookup table stays float.
         self.tied_head = Linear(cfg.hidden_size, [cfg.vocab_size], get_quant_method(method_for_role(quant, "lm_head")),
                                 dtype) if (
-            cfg.tie_word_embeddings and quant in QUANTIZE_AT_LOAD) else None
+            cfg.tie_word_embeddings and quant in TIED_HEAD_METHODS) else None
         self._max_positions = max_positions or cfg.max_position_embeddings
         self.rotary = RotaryEmbedding(cfg.head_dim, self._max_positions, cfg.rope_theta, cfg.rope_scaling)
 
@@ -138,12 +141,16 @@ class LlamaForCausalLM(nn.Module):
         """Consume (HF name, tensor) pairs; raises ValueError naming what is missing or unexpected."""
         expected = self._expected_names()
         seen: set[str] = set()
+        head_loaded = False
         for name, tensor in weights:
             if name == "rope_freqs":
                 self.rotary = RotaryEmbedding(self.cfg.head_dim, self._max_positions, self.cfg.rope_theta,
                                               self.cfg.rope_scaling, freq_factors=tensor)
                 continue
             if name == "lm_head.weight" and self.lm_head is None:
+                if self.tied_head is not None and not isinstance(tensor, torch.Tensor):
+                    self.tied_head.load_shard(0, tensor)  # the embedding's quantized blocks
+                    head_loaded = True
                 continue  # some tied checkpoints store a copy of the embedding
             if name not in expected:
                 continue  # rotary inv_freq buffers and the like
@@ -152,7 +159,7 @@ class LlamaForCausalLM(nn.Module):
         missing = expected - seen
         if missing:
             raise ValueError(f"checkpoint lacks {len(missing)} weights, e.g. {sorted(missing)[:3]}")
-        if self.tied_head is not None:
+        if self.tied_head is not None and not head_loaded:
             self.tied_head.load_shard(0, self.embed_tokens.data)
         for m in self.modules():
             if isinstance(m, Linear):

@@ -90,10 +90,10 @@ def test_gptq_checkpoint_serves_through_the_int4_kernel(gptq_server: ServerProc,
     assert "quantization=gptq (requested auto)" in gptq_server.log_path.read_text()
 
 
-def test_bundled_gguf_serves_q4_blocks_through_the_int4_kernel(gguf_server: ServerProc) -> None:
+def test_bundled_gguf_serves_its_quantized_blocks(gguf_server: ServerProc) -> None:
     text = _served_greedy(gguf_server, 8)
     assert "Paris" in text, text
     assert text == _direct_greedy(gguf_path(), 8, "gguf")
     log = gguf_server.log_path.read_text()
     assert "quantization=gguf (requested gguf)" in log
-    assert "210 linear weights as Q4 blocks for the int4 kernel, 0 dequantized" in log
+    assert "210 linear weights as Q4/Q8 blocks, 0 dequantized" in log

@@ -43,3 +43,11 @@ def hf_model():
     m = AutoModelForCausalLM.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path),
                                              dtype=torch.float32)
     return m.eval()
+
+
+def quantized_kernel_layers(model: object) -> int:
+    """Linears running a quantized kernel (torch's int4 kernel or the AVX2 block kernels), not a
+    dequantized float weight."""
+    return sum(hasattr(m, "int4") or hasattr(m, "block_call") or hasattr(m, "block_parts")
+               for m in model.modules())
+

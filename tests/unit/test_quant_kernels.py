@@ -77,13 +77,17 @@ def _linear(method: str, shards: list[GPTQShard], k: int, dtype: torch.dtype) ->
 
 @pytest.mark.parametrize("act_order", [False, True])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-def test_gptq_method_matches_reference_on_fused_layer(act_order: bool, dtype: torch.dtype) -> None:
+def test_gptq_method_matches_reference_on_fused_layer(act_order: bool, dtype: torch.dtype,
+                                                      cpu_int4_kernel: str) -> None:
     k = 256
     shards, _ = _gptq_shards([64, 32, 32], k, act_order)
     fast, ref = _linear("gptq", shards, k, dtype), _linear("gptq_reference", shards, k, torch.float32)
-    assert hasattr(fast, "int4") and (fast.input_perm is not None) == act_order
+    kernel = "block_call" if cpu_int4_kernel == "avx2-blocks" else "int4"
+    assert hasattr(fast, kernel) and (fast.input_perm is not None) == act_order
     x = torch.randn(7, k)
-    assert _rel_err(fast(x.to(dtype)), ref(x)) < TOL[dtype]
+    # the block kernel rounds activations to int8 per 32-block: ~0.5% of the output's range
+    tol = TOL[dtype] if kernel == "int4" else max(TOL[dtype], 2e-2)
+    assert _rel_err(fast(x.to(dtype)), ref(x)) < tol
 
 
 def test_gptq_reference_equals_quantizer_dequantization() -> None:

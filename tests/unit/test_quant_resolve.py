@@ -10,6 +10,7 @@ import pytest
 
 from serve.engine.config import EngineConfig
 from serve.layers.quant.checkpoint_loading import resolve_quant
+from tests.unit.model_fixtures import quantized_kernel_layers
 from tests.unit.test_quantize_checkpoint import _quantize
 
 
@@ -63,9 +64,9 @@ def test_load_model_defaults_to_the_int4_kernel_on_a_gptq_dir(checkpoints: tuple
 
     hf, gptq = checkpoints
     model = load_model(gptq, dtype="float32", max_positions=64)
-    assert model.quantization == "gptq" and any(hasattr(m, "int4") for m in model.modules())
+    assert model.quantization == "gptq" and quantized_kernel_layers(model) > 0
     ref = load_model(gptq, dtype="float32", quant="gptq_reference", max_positions=64)
-    assert ref.quantization == "gptq_reference" and not any(hasattr(m, "int4") for m in ref.modules())
+    assert ref.quantization == "gptq_reference" and quantized_kernel_layers(ref) == 0
     assert load_model(hf, dtype="float32", max_positions=64).quantization == "none"
 
 
@@ -80,13 +81,17 @@ def test_bundled_gguf_auto_is_gguf_int4() -> None:
         resolve_quant(path, "gptq")
 
 
-def test_auto_on_a_float32_cpu_sends_gguf_to_int8_with_bf16_activations() -> None:
+def test_auto_on_a_float32_cpu_picks_the_block_kernels_or_int8_with_bf16_activations(monkeypatch) -> None:
     import torch
 
+    from serve.kernels import cpu as cpu_kernels
     from serve.layers.quant.checkpoint_loading import auto_quant
 
     cpu = torch.device("cpu")
-    assert auto_quant("gguf", cpu, torch.float32) == "int8_bf16act"
-    assert auto_quant("gguf", cpu, torch.bfloat16) == "gguf"  # native bf16: the int4 kernel is fast
+    monkeypatch.setattr(cpu_kernels, "available", lambda: True)
+    assert auto_quant("gguf", cpu, torch.float32) == "gguf"  # AVX2 block kernels: GGUF blocks as they are
+    monkeypatch.setattr(cpu_kernels, "available", lambda: False)
+    assert auto_quant("gguf", cpu, torch.float32) == "int8_bf16act"  # torch's int4 kernel is slow in f32
+    assert auto_quant("gguf", cpu, torch.bfloat16) == "gguf"  # bf16: torch's int4 kernel is fast
     assert auto_quant("gptq", cpu, torch.float32) == "gptq"  # a GPTQ checkpoint keeps its own weights
     assert auto_quant(None, cpu, torch.float32) == "none"  # float checkpoints stay float unless asked

@@ -17,6 +17,7 @@ from serve.quantize.checkpoint import CheckpointMeta, write_checkpoint
 from serve.quantize.gptq import GPTQOptions
 from serve.quantize.grid import QuantSpec
 from serve.quantize.sequential import quantize_decoder
+from tests.unit.model_fixtures import quantized_kernel_layers
 
 
 def _tiny_llama(path: Path) -> torch.nn.Module:
@@ -47,7 +48,8 @@ def _quantize(tmp_path: Path, method: str, act_order: bool, true_sequential: boo
 
 @pytest.mark.parametrize("method,act_order,true_sequential", [("gptq", False, True), ("gptq", True, True),
                                                               ("gptq", False, False), ("rtn", False, True)])
-def test_native_engine_runs_the_checkpoint(tmp_path: Path, method: str, act_order: bool, true_sequential: bool) -> None:
+def test_native_engine_runs_the_checkpoint(tmp_path: Path, method: str, act_order: bool, true_sequential: bool,
+                                           cpu_int4_kernel: str) -> None:
     from benchmarks.quality_models import NativeLM
 
     hf_model, out = _quantize(tmp_path, method, act_order, true_sequential)
@@ -66,11 +68,18 @@ def test_native_engine_runs_the_checkpoint(tmp_path: Path, method: str, act_orde
         expected = hf_model(input_ids=torch.tensor([ids])).logits[0]
     fast = NativeLM(str(out), dtype="float32", max_len=256)
     ref = NativeLM(str(out), dtype="float32", quant="gptq_reference", max_len=256)
-    assert any(hasattr(m, "int4") for m in fast.model.modules())
+    assert quantized_kernel_layers(fast.model) == 2 * 4
     scale = float(expected.abs().max())
     # fp16 scales in the checkpoint (the in-place model kept f32 ones) bound the gap
     assert float((ref.logits(ids) - expected).abs().max()) < 2e-2 * scale
-    assert float((fast.logits(ids) - ref.logits(ids)).abs().max()) < 1e-3 * scale
+    # torch's int4 kernel takes float activations: float rounding only. The AVX2 block kernel
+    # quantizes activations to int8 per 32-block (as llama.cpp does): ~0.3% here, same argmax.
+    gap = float((fast.logits(ids) - ref.logits(ids)).abs().max())
+    if cpu_int4_kernel == "torch-int4":
+        assert gap < 1e-3 * scale
+    else:
+        assert gap < 1e-2 * scale
+        assert float((fast.logits(ids).argmax(-1) == ref.logits(ids).argmax(-1)).float().mean()) >= 0.95
 
 
 def test_quantized_checkpoint_cannot_be_requantized_at_load(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.unit.model_fixtures import gguf_path
+from tests.unit.model_fixtures import gguf_path, quantized_kernel_layers
 
 pytestmark = pytest.mark.slow
 
@@ -49,7 +49,7 @@ def test_int4_checkpoint_answers_sensibly(rtn_checkpoint: Path) -> None:
 
     tok = load_tokenizer(gguf_path())
     lm = NativeLM(str(rtn_checkpoint), dtype="bfloat16", max_len=512)
-    assert sum(hasattr(m, "int4") for m in lm.model.modules()) == 30 * 4  # qkv, o, gate_up, down per layer
+    assert quantized_kernel_layers(lm.model) == 30 * 4  # qkv, o, gate_up, down per layer
     msgs = [{"role": "user", "content": "What is the capital of France?"}]
     prompt = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
     ids = list(tok(prompt, add_special_tokens=False)["input_ids"])
@@ -57,11 +57,16 @@ def test_int4_checkpoint_answers_sensibly(rtn_checkpoint: Path) -> None:
     assert "Paris" in text, text
 
 
-def test_int4_kernel_agrees_with_dequant_reference(rtn_checkpoint: Path) -> None:
+def test_int4_kernel_agrees_with_dequant_reference(rtn_checkpoint: Path, cpu_int4_kernel: str) -> None:
     from benchmarks.quality_models import NativeLM
 
     ids = list(range(100, 164))
     fast = NativeLM(str(rtn_checkpoint), dtype="float32", max_len=256).logits(ids)
     ref = NativeLM(str(rtn_checkpoint), dtype="float32", quant="gptq_reference", max_len=256).logits(ids)
-    assert float((fast - ref).abs().max()) < 1e-2 * float(ref.abs().max())
-    assert float((fast.argmax(-1) == ref.argmax(-1)).float().mean()) > 0.95
+    agree = float((fast.argmax(-1) == ref.argmax(-1)).float().mean())
+    if cpu_int4_kernel == "torch-int4":  # float activations: float rounding only
+        assert float((fast - ref).abs().max()) < 1e-2 * float(ref.abs().max())
+        assert agree > 0.95
+    else:  # int8 activations per 32-block, as llama.cpp computes
+        assert float((fast - ref).norm() / ref.norm()) < 0.03
+        assert agree > 0.9

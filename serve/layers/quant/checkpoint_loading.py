@@ -52,16 +52,17 @@ def checkpoint_format(path: str | Path) -> str | None:
 
 def auto_quant(fmt: str | None, device: torch.device | None = None, dtype: torch.dtype | None = None) -> str:
     """What quantization="auto" means for a checkpoint of format `fmt` (see `checkpoint_format`) on
-    `device` with activations of `dtype`: its own format (GPTQ -> int4 kernel, GGUF -> Q4_0/Q4_1
-    blocks into the int4 kernel), else float.
+    `device` with activations of `dtype`: its own format (GPTQ -> int4 kernel, GGUF -> its Q4/Q8
+    blocks), else float.
 
-    Exception: a GGUF file on a CPU running float32 activations (no native bf16: AVX2-only x86)
-    goes to per-channel int8 weights with bf16 activations at the matmul (`int8_bf16act`). There
-    torch's int4 kernel with float32 activations is 13x slower than with bf16 (1.78 vs 0.14 ms for
-    [1, 576] x [576, 3072]), while `_weight_int8pack_mm` with bf16 activations runs at the int4
-    kernel's bf16 speed; KJV perplexity of the bundled Q4_1 model: 14.73 vs 14.68 float."""
+    Exception: a GGUF file on a CPU running float32 activations where the AVX2 block kernels cannot
+    run (serve/kernels/cpu: no AVX2, no compiler) goes to per-channel int8 weights with bf16
+    activations at the matmul (`int8_bf16act`): torch's own int4 kernel with float32 activations is
+    13x slower than with bf16 (1.78 vs 0.14 ms for [1, 576] x [576, 3072] on an AVX2-only CPU)."""
     if fmt == "gguf" and device is not None and device.type == "cpu" and dtype == torch.float32:
-        return "int8_bf16act"
+        from serve.kernels import cpu
+
+        return "gguf" if cpu.available() else "int8_bf16act"
     return fmt or "none"
 
 

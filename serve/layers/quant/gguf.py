@@ -1,10 +1,12 @@
-"""GGUF Q4_0 / Q4_1 weights straight into the CPU int4 kernel (quant method "gguf").
+"""GGUF quantized weights in the native engine without dequantizing them (quant method "gguf").
 
-ggml's 4-bit blocks hold 32 weights of one row: an f16 scale d (and for Q4_1 an f16 minimum m), then
-16 bytes whose low nibbles are elements 0..15 and high nibbles elements 16..31. Q4_1 means
-w = d * q + m and Q4_0 w = d * (q - 8); both are exactly the int4 kernel's (q - 8) * scale + offset
-with group 32, so the native engine reads the same 4.5-5 bits per weight llama.cpp does. Tensors of
-any other type (Q8_0 embeddings, F32 norms, K-quants) are dequantized as before and logged.
+ggml's Q4_0 / Q4_1 / Q8_0 tensors arrive as `Q4Blocks` / `Q8Blocks` (serve/layers/quant/blocks.py:
+codes untouched, f16 scales). On an x86 CPU with AVX2 the layer keeps them as they are and runs the
+block kernels of serve/kernels/cpu (activations quantized per 32-block to int8, as llama.cpp does),
+so the engine reads the same 4.5-8.5 bits per weight llama.cpp does. Without those kernels, Q4
+layers are repacked for PyTorch's int4 kernel (w = (q - 8) * scale + offset, group 32) and Q8
+layers dequantized. Tensors of any other type (F32/F16, K-quants) are dequantized and logged. A
+tied output projection whose embedding is Q4/Q8 gets the embedding's blocks as `lm_head.weight`.
 """
 
 from __future__ import annotations
@@ -14,48 +16,31 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from serve.layers.quant.base import register_quant_method
+from serve.layers.quant.blocks import GGML_BLOCK_TYPES, QK, Q4Blocks, Q8Blocks, from_ggml
 from serve.layers.quant.int4_cpu import int4_matmul, int4_supported, pack_int4_affine
 
 log = logging.getLogger(__name__)
-QK = 32  # weights per ggml block
-Q4_0, Q4_1 = 2, 3  # GGMLQuantizationType values
-_BLOCK_BYTES = {Q4_0: 18, Q4_1: 20}
+Q4_0, Q4_1, Q8_0 = 2, 3, 8  # GGMLQuantizationType values
 
 
 @dataclass(frozen=True)
-class GGUFInt4Shard:
-    """codes [N, K] int32 in [0, 15]; scales, offsets [N, K / 32] float32 (w = (q - 8) * scale + offset)."""
+class Int4Affine:
+    """Q4 blocks in the form of torch's int4 kernel: codes [N, K] int32 in [0, 15]; scales, offsets
+    [N, K / 32] float32 with w = (q - 8) * scale + offset."""
 
     codes: torch.Tensor
     scales: torch.Tensor
     offsets: torch.Tensor
 
-    @property
-    def shape(self) -> tuple[int, int]:
-        return tuple(self.codes.shape)
 
-
-def decode_q4_blocks(raw: np.ndarray, ggml_type: int) -> GGUFInt4Shard:
-    """raw: [N, bytes_per_row] uint8 of a Q4_0 / Q4_1 tensor -> its codes and kernel-form scales."""
-    if ggml_type not in _BLOCK_BYTES:
-        raise ValueError(f"ggml type {ggml_type} is not Q4_0 / Q4_1")
-    n = raw.shape[0]
-    blocks = np.ascontiguousarray(raw).reshape(n, -1, _BLOCK_BYTES[ggml_type])
-    d = blocks[:, :, 0:2].copy().view(np.float16)[..., 0].astype(np.float32)  # [N, B]
-    qs = blocks[:, :, _BLOCK_BYTES[ggml_type] - 16:]
-    codes = np.concatenate([qs & 0x0F, qs >> 4], axis=2).reshape(n, -1)  # per block: low nibbles, then high
-    if ggml_type == Q4_1:
-        m = blocks[:, :, 2:4].copy().view(np.float16)[..., 0].astype(np.float32)
-        offsets = m + 8 * d
-    else:
-        offsets = np.zeros_like(d)
-    return GGUFInt4Shard(torch.from_numpy(codes.astype(np.int32)), torch.from_numpy(d), torch.from_numpy(offsets))
+def int4_affine(b: Q4Blocks) -> Int4Affine:
+    d = b.d.float()
+    return Int4Affine(b.codes().to(torch.int32), d, b.m.float() + 8 * d)
 
 
 def _unpermute(t: torch.Tensor, n_head: int) -> torch.Tensor:
@@ -65,7 +50,7 @@ def _unpermute(t: torch.Tensor, n_head: int) -> torch.Tensor:
 
 
 def gguf_int4_weights(path: str | Path, cfg: object) -> Iterator[tuple[str, object]]:
-    """(HF name, GGUFInt4Shard | float tensor) for every tensor the model uses, in HF layout."""
+    """(HF name, Q4Blocks | Q8Blocks | float tensor) for every tensor the model uses, in HF layout."""
     from serve.models.gguf_reader import GGUFModelFile, hf_name
 
     container = GGUFModelFile(path).container
@@ -76,21 +61,23 @@ def gguf_int4_weights(path: str | Path, cfg: object) -> Iterator[tuple[str, obje
             continue
         heads = cfg.num_heads if name.endswith("q_proj.weight") else \
             cfg.num_kv_heads if name.endswith("k_proj.weight") else None
-        if info.ggml_type in _BLOCK_BYTES and name.startswith("model.layers."):
-            s = decode_q4_blocks(container.raw(gguf_name), info.ggml_type)
+        is_linear = name.startswith("model.layers.") and name.endswith("proj.weight")
+        if info.ggml_type in GGML_BLOCK_TYPES and (is_linear or name == "model.embed_tokens.weight"):
+            b = from_ggml(container.raw(gguf_name), info.ggml_type)
             if heads:
-                s = GGUFInt4Shard(*(_unpermute(t, heads) for t in (s.codes, s.scales, s.offsets)))
-            blocks += 1
-            yield name, s
-            continue
-        if name.startswith("model.layers.") and name.endswith("proj.weight"):
-            # Q8_0 (per-32 block scales) has no exact form in torch's per-channel int8 kernel; K-quants'
-            # super-blocks none in the int4 kernel: these linears run dense
+                b = b.rows(_unpermute(torch.arange(b.shape[0]), heads))
+            if is_linear:
+                blocks += 1
+                yield name, b
+                continue
+            if getattr(cfg, "tie_word_embeddings", False):
+                yield "lm_head.weight", b  # the tied output projection reads the embedding's blocks
+        elif is_linear:
             log.info("GGUF tensor %s (ggml type %d) has no quantized kernel; dequantized", gguf_name, info.ggml_type)
             dense.append(gguf_name)
         w = torch.from_numpy(container.dequantize(gguf_name))
         yield name, _unpermute(w, heads) if heads else w
-    log.info("GGUF %s: %d linear weights as Q4 blocks for the int4 kernel, %d dequantized%s", Path(path).name,
+    log.info("GGUF %s: %d linear weights as Q4/Q8 blocks, %d dequantized%s", Path(path).name,
              blocks, len(dense), f" ({', '.join(dense[:4])}{', ...' if len(dense) > 4 else ''})" if dense else "")
 
 
@@ -102,34 +89,78 @@ class GGUFInt4Method:
         layer._gguf_shards = {}
         layer._gguf_dims = (out_features, in_features, params_dtype)
 
-    def load_rows(self, layer: nn.Module, rows: GGUFInt4Shard | torch.Tensor, row_offset: int) -> None:
+    def load_rows(self, layer: nn.Module, rows: Q4Blocks | Q8Blocks | torch.Tensor, row_offset: int) -> None:
         layer._gguf_shards[row_offset] = rows
 
     def finalize(self, layer: nn.Module) -> None:
         n, k, dtype = layer._gguf_dims
         parts = [layer._gguf_shards[o] for o in sorted(layer._gguf_shards)]
         del layer._gguf_shards
-        quantized = all(isinstance(p, GGUFInt4Shard) for p in parts)
-        if quantized and int4_supported(n, k, QK, torch.get_default_device()):
-            codes = torch.cat([p.codes for p in parts])
-            scales = torch.cat([p.scales for p in parts]).T.contiguous()  # [K / 32, N]
-            offsets = torch.cat([p.offsets for p in parts]).T.contiguous()
-            layer.int4 = pack_int4_affine(codes, scales, offsets, QK, dtype)
+        device = torch.get_default_device()
+        if device.type == "cpu" and _block_kernels():
+            layer.block_parts = _block_parts(parts, dtype)
+            only = layer.block_parts[0] if len(layer.block_parts) == 1 else None
+            # The common case (one block type for the whole layer) skips the per-part dispatch: at
+            # batch 1 a step makes ~120 of these calls and each Python-level branch shows.
+            if isinstance(only, Q4Blocks):
+                layer.block_call = (torch.ops.sluice_cpu.q4_linear, (only.qs, only.d, only.m))
+            elif isinstance(only, Q8Blocks):
+                layer.block_call = (torch.ops.sluice_cpu.q8_linear, (only.qs, only.d))
             return
-        if quantized:
-            log.info("GGUF int4 blocks of a [%d, %d] weight do not fit the int4 kernel here; dequantized", n, k)
-        dense = [self._dequantize(p) if isinstance(p, GGUFInt4Shard) else p.float() for p in parts]
+        if all(isinstance(p, Q4Blocks) for p in parts) and int4_supported(n, k, QK, device):
+            a = [int4_affine(p) for p in parts]
+            layer.int4 = pack_int4_affine(torch.cat([x.codes for x in a]), torch.cat([x.scales for x in a]).T.contiguous(),
+                                          torch.cat([x.offsets for x in a]).T.contiguous(), QK, dtype)
+            return
+        if any(isinstance(p, Q4Blocks | Q8Blocks) for p in parts):
+            log.info("GGUF blocks of a [%d, %d] weight have no kernel here; dequantized", n, k)
+        dense = [p.float() if isinstance(p, torch.Tensor) else p.dequantize() for p in parts]
         layer.register_parameter("weight", nn.Parameter(torch.cat(dense).to(dtype), requires_grad=False))
 
-    @staticmethod
-    def _dequantize(p: GGUFInt4Shard) -> torch.Tensor:
-        rep = lambda t: t.repeat_interleave(QK, dim=1)  # noqa: E731
-        return (p.codes.float() - 8) * rep(p.scales) + rep(p.offsets)
-
     def apply(self, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        call = getattr(layer, "block_call", None)
+        if call is not None and x.dim() == 2:
+            return call[0](x, *call[1])
+        if hasattr(layer, "block_parts"):
+            return _apply_block_parts(layer.block_parts, x)
         if hasattr(layer, "int4"):
             return int4_matmul(x, layer.int4)
         return F.linear(x, layer.weight)
+
+
+def _block_kernels() -> bool:
+    from serve.kernels import cpu
+
+    return cpu.available()
+
+
+def _block_parts(parts: list[Q4Blocks | Q8Blocks | torch.Tensor], dtype: torch.dtype) -> list[object]:
+    """Adjacent shards of one block type merge into one kernel call (fused QKV / gate-up); float
+    shards stay float."""
+    merged: list[object] = []
+    for p in parts:
+        p = p.to(dtype) if isinstance(p, torch.Tensor) else p
+        if merged and type(merged[-1]) is type(p) and not isinstance(p, torch.Tensor):
+            merged[-1] = type(p).cat([merged[-1], p])
+        else:
+            merged.append(p)
+    return merged
+
+
+def _apply_block_parts(parts: list[object], x: torch.Tensor) -> torch.Tensor:
+    from serve.kernels import cpu
+
+    lead, x2 = x.shape[:-1], x.reshape(-1, x.shape[-1])
+    outs = []
+    for p in parts:
+        if isinstance(p, Q4Blocks):
+            outs.append(cpu.q4_linear(x2, p.qs, p.d, p.m))
+        elif isinstance(p, Q8Blocks):
+            outs.append(cpu.q8_linear(x2, p.qs, p.d))
+        else:
+            outs.append(F.linear(x2, p))
+    y = outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)
+    return y.reshape(*lead, y.shape[-1])
 
 
 register_quant_method("gguf", GGUFInt4Method)

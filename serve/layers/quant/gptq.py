@@ -23,6 +23,7 @@ from torch import nn
 
 from serve.kernels import gptq_hook
 from serve.layers.quant.base import register_quant_method
+from serve.layers.quant.blocks import QK, q4_from_groups
 from serve.layers.quant.int4_cpu import int4_matmul, int4_supported, pack_int4
 from serve.quantize.dequant import dequantize_gptq
 from serve.quantize.packing import unpack_qweight, unpack_qzeros
@@ -140,16 +141,32 @@ class GPTQMethod(GPTQReferenceMethod):
         if perm is not None:
             codes = codes[:, perm]
         layer.input_perm = perm
+        if device.type == "cpu" and group % QK == 0 and _block_kernels():
+            # AVX2 block kernel (serve/kernels/cpu): int8 activations, any activation dtype
+            b = q4_from_groups(codes, scales, zeros, group)
+            layer.block_call = (torch.ops.sluice_cpu.q4_linear, (b.qs, b.d, b.m))
+            return
         layer.int4 = pack_int4(codes, scales, zeros, group, pending.dtype)
 
     def apply(self, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
         if x.is_cuda and hasattr(layer, "gptq_packed"):
             return gptq_hook.apply(layer, x)
-        if not hasattr(layer, "int4"):
+        call = getattr(layer, "block_call", None)
+        if call is None and not hasattr(layer, "int4"):
             return F.linear(x, layer.weight)
         if layer.input_perm is not None:
             x = x.index_select(-1, layer.input_perm)
+        if call is not None:
+            lead = x.shape[:-1]
+            y = call[0](x.reshape(-1, x.shape[-1]), *call[1])
+            return y.reshape(*lead, y.shape[-1])
         return int4_matmul(x, layer.int4)
+
+
+def _block_kernels() -> bool:
+    from serve.kernels import cpu
+
+    return cpu.available()
 
 
 register_quant_method("gptq", GPTQMethod)

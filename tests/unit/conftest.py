@@ -1,0 +1,20 @@
+"""Fixtures shared by the unit tests."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(params=["avx2-blocks", "torch-int4"])
+def cpu_int4_kernel(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run a GPTQ test through each CPU int4 kernel: the AVX2 block kernel (int8 activations) and
+    torch's int4 kernel (exact float activations). Yields the kernel's name."""
+    from serve.kernels import cpu
+    from serve.layers.quant import gptq
+
+    if request.param == "avx2-blocks":
+        if cpu.unavailable_reason() is not None:
+            pytest.skip(f"AVX2 block kernels cannot run here: {cpu.unavailable_reason()}")
+    else:
+        monkeypatch.setattr(gptq, "_block_kernels", lambda: False)
+    return request.param

@@ -1,0 +1,123 @@
+"""AVX2 block kernels (serve/kernels/cpu) == a float64 reference of the same arithmetic.
+
+The kernels quantize each activation row to int8 in 32-blocks (scale = max|x| / 127, round half to
+even) and dot it with 4-bit (w = d * q + m) or 8-bit (w = d * q) weight blocks. The reference below
+does exactly that in float64, so the kernels must agree to float32 rounding; a second check bounds
+the distance to the unquantized product x @ W.T.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from serve.kernels import cpu
+from serve.layers.quant.blocks import QK, Q4Blocks, Q8Blocks, quantize_q8
+
+pytestmark = pytest.mark.skipif(cpu.unavailable_reason() is not None,
+                                reason=f"AVX2 kernels cannot run here: {cpu.unavailable_reason()}")
+
+
+def test_kernels_build_where_they_can_run() -> None:
+    assert cpu.available()
+
+
+def _quantize_activations(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [M, K] -> codes [M, K/32, 32] float64, scales [M, K/32] float64 (the kernels' rule)."""
+    blocks = x.float().reshape(x.shape[0], -1, QK)
+    amax = blocks.abs().amax(dim=2)
+    inv = torch.where(amax > 0, 127.0 / amax, torch.zeros_like(amax))
+    codes = torch.round(blocks * inv[..., None])  # torch.round: half to even, like nearbyint
+    return codes.double(), (amax / 127.0).double()
+
+
+def _reference_q4(x: torch.Tensor, w: Q4Blocks) -> torch.Tensor:
+    xq, xs = _quantize_activations(x)
+    q = torch.cat([w.qs & 0x0F, w.qs >> 4], dim=2).double()  # [N, nb, 32]
+    dots = torch.einsum("mbk,nbk->mnb", xq, q)
+    d, m = w.d.double(), w.m.double()
+    return (dots * xs[:, None, :] * d[None]).sum(-1) + (xq.sum(-1) * xs) @ m.T
+
+
+def _reference_q8(x: torch.Tensor, w: Q8Blocks) -> torch.Tensor:
+    xq, xs = _quantize_activations(x)
+    q = w.qs.double().reshape(w.qs.shape[0], -1, QK)
+    return (torch.einsum("mbk,nbk->mnb", xq, q) * xs[:, None, :] * w.d.double()[None]).sum(-1)
+
+
+def _random_q4(n: int, k: int, gen: torch.Generator) -> Q4Blocks:
+    qs = torch.randint(0, 256, (n, k // QK, 16), dtype=torch.uint8, generator=gen)
+    d = (torch.rand(n, k // QK, generator=gen) * 0.02 + 0.001).half()
+    m = (torch.randn(n, k // QK, generator=gen) * 0.05).half()
+    return Q4Blocks(qs, d, m)
+
+
+SHAPES = [(1, 1, 32), (3, 5, 64), (1, 64, 576), (33, 577, 608), (4, 96, 1536)]  # (M, N, K); 608 = 19 blocks
+
+
+@pytest.mark.parametrize("m,n,k", SHAPES)
+def test_q4_matches_reference(m: int, n: int, k: int) -> None:
+    gen = torch.Generator().manual_seed(m * 1000 + n + k)
+    w = _random_q4(n, k, gen)
+    x = torch.randn(m, k, generator=gen)
+    y = cpu.q4_linear(x, w.qs, w.d, w.m)
+    ref = _reference_q4(x, w)
+    assert y.dtype == torch.float32 and y.shape == (m, n)
+    torch.testing.assert_close(y.double(), ref, rtol=1e-5, atol=1e-5 * float(ref.abs().max()))
+    # and the int8 activations cost little against the unquantized product
+    exact = x @ w.dequantize().T
+    assert float((y - exact).norm() / exact.norm()) < 0.02
+
+
+@pytest.mark.parametrize("m,n,k", SHAPES)
+def test_q8_matches_reference(m: int, n: int, k: int) -> None:
+    gen = torch.Generator().manual_seed(7 * m + n + k)
+    w = quantize_q8(torch.randn(n, k, generator=gen))
+    x = torch.randn(m, k, generator=gen)
+    y = cpu.q8_linear(x, w.qs, w.d)
+    ref = _reference_q8(x, w)
+    torch.testing.assert_close(y.double(), ref, rtol=1e-5, atol=1e-5 * float(ref.abs().max()))
+    exact = x @ w.dequantize().T
+    assert float((y - exact).norm() / exact.norm()) < 0.02
+
+
+def test_bf16_activations_give_bf16_rows_of_the_same_product() -> None:
+    gen = torch.Generator().manual_seed(3)
+    w = _random_q4(64, 576, gen)
+    x = torch.randn(5, 576, generator=gen).bfloat16()
+    y = cpu.q4_linear(x, w.qs, w.d, w.m)
+    assert y.dtype == torch.bfloat16
+    torch.testing.assert_close(y.float(), _reference_q4(x.float(), w).float(), rtol=1e-2, atol=1e-2)
+
+
+def test_every_thread_count_gives_the_same_bits() -> None:
+    gen = torch.Generator().manual_seed(4)
+    w = _random_q4(1000, 576, gen)
+    x = torch.randn(7, 576, generator=gen)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = cpu.q4_linear(x, w.qs, w.d, w.m)
+        torch.set_num_threads(2)
+        two = cpu.q4_linear(x, w.qs, w.d, w.m)
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(one, two)
+
+
+def test_zero_rows_and_zero_blocks_are_exact() -> None:
+    w = quantize_q8(torch.zeros(8, 64))
+    y = cpu.q8_linear(torch.zeros(2, 64), w.qs, w.d)
+    assert torch.equal(y, torch.zeros(2, 8))
+
+
+def test_bad_shapes_raise_clear_errors() -> None:
+    w = _random_q4(8, 64, torch.Generator().manual_seed(0))
+    with pytest.raises(RuntimeError, match="x has K=96, weight has K=64"):
+        cpu.q4_linear(torch.randn(1, 96), w.qs, w.d, w.m)
+    with pytest.raises(RuntimeError, match="float32 or bfloat16"):
+        cpu.q4_linear(torch.randn(1, 64).half(), w.qs, w.d, w.m)
+    with pytest.raises(RuntimeError, match="d must be contiguous float16"):
+        cpu.q4_linear(torch.randn(1, 64), w.qs, w.d.float(), w.m)
+    with pytest.raises(RuntimeError, match="multiple of 32"):
+        cpu.q8_linear(torch.randn(1, 40), torch.zeros(4, 40, dtype=torch.int8), torch.zeros(4, 1).half())
