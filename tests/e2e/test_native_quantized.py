@@ -69,18 +69,24 @@ def _served_greedy(server: ServerProc, tokens: int) -> str:
 
 
 def _direct_greedy(path: str, tokens: int, quant: str = "auto") -> str:
-    """The same checkpoint in this process, the same quantization, float32 activations (the server's
-    dtype "auto" on a CPU without native bf16; on one with it, both sides would use bf16)."""
-    from benchmarks.quality_models import NativeLM
-    from serve.models.loader import cpu_has_native_bf16, load_tokenizer
+    """The same checkpoint and options in this process: the engine the server runs (prefill, then
+    decode steps through the KV cache), without HTTP. On CPUs the block kernels quantize activations
+    to int8 (as llama.cpp does), so a prefill-only recomputation of every prefix (another attention
+    path, float-rounding apart) can flip a near-tied greedy token; the numerics against the
+    dequantized reference are checked in tests/unit/test_quantized_model_real.py."""
+    from serve.engine.config import EngineConfig
+    from serve.engine.engine import LLMEngine
+    from serve.models.loader import load_tokenizer
+    from serve.sampling_params import SamplingParams
 
     tok = load_tokenizer(path)
-    lm = NativeLM(path, dtype="bfloat16" if cpu_has_native_bf16() else "float32", quant=quant, max_len=256)
-    ids = list(tok(PROMPT)["input_ids"])
-    out: list[int] = []
-    for _ in range(tokens):
-        out.append(int(lm.logits(ids + out)[-1].argmax()))
-    return str(tok.decode(out, skip_special_tokens=True))
+    options = {"quantization": quant, "kv_cache_bytes": 16777216, "max_num_seqs": 4}
+    engine = LLMEngine.from_config(EngineConfig.from_options(path, options))
+    outs = engine.generate([list(tok(PROMPT)["input_ids"])],
+                           SamplingParams(temperature=0.0, max_tokens=tokens, ignore_eos=True))[0]
+    ids = [t for o in outs for t in o.new_token_ids]
+    assert len(ids) == tokens
+    return str(tok.decode(ids, skip_special_tokens=True))
 
 
 def test_gptq_checkpoint_serves_through_the_int4_kernel(gptq_server: ServerProc, gptq_dir: Path) -> None:

@@ -1,9 +1,10 @@
 """AVX2 block kernels (serve/kernels/cpu) == a float64 reference of the same arithmetic.
 
 The kernels quantize each activation row to int8 in 32-blocks (scale = max|x| / 127, round half to
-even) and dot it with 4-bit (w = d * q + m) or 8-bit (w = d * q) weight blocks. The reference below
-does exactly that in float64, so the kernels must agree to float32 rounding; a second check bounds
-the distance to the unquantized product x @ W.T.
+even) and dot it with 4-bit (w = d * q + m) or 8-bit (w = d * q) weight blocks, laid out 8 rows
+interleaved by `interleave`. The reference below works on the plain blocks in float64, so it checks
+the interleaving as well: the kernels must agree to float32 rounding. A second check bounds the
+distance to the unquantized product x @ W.T.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import pytest
 import torch
 
 from serve.kernels import cpu
-from serve.layers.quant.blocks import QK, Q4Blocks, Q8Blocks, quantize_q8
+from serve.layers.quant.blocks import QK, Q4Blocks, Q8Blocks, interleave, quantize_q8
 
 pytestmark = pytest.mark.skipif(cpu.unavailable_reason() is not None,
                                 reason=f"AVX2 kernels cannot run here: {cpu.unavailable_reason()}")
@@ -45,6 +46,16 @@ def _reference_q8(x: torch.Tensor, w: Q8Blocks) -> torch.Tensor:
     return (torch.einsum("mbk,nbk->mnb", xq, q) * xs[:, None, :] * w.d.double()[None]).sum(-1)
 
 
+def q4(x: torch.Tensor, w: Q4Blocks) -> torch.Tensor:
+    p = interleave(w)
+    return cpu.q4_linear(x, p.qs, p.d, p.m, p.n)
+
+
+def q8(x: torch.Tensor, w: Q8Blocks) -> torch.Tensor:
+    p = interleave(w)
+    return cpu.q8_linear(x, p.qs, p.d, p.n)
+
+
 def _random_q4(n: int, k: int, gen: torch.Generator) -> Q4Blocks:
     qs = torch.randint(0, 256, (n, k // QK, 16), dtype=torch.uint8, generator=gen)
     d = (torch.rand(n, k // QK, generator=gen) * 0.02 + 0.001).half()
@@ -52,7 +63,8 @@ def _random_q4(n: int, k: int, gen: torch.Generator) -> Q4Blocks:
     return Q4Blocks(qs, d, m)
 
 
-SHAPES = [(1, 1, 32), (3, 5, 64), (1, 64, 576), (33, 577, 608), (4, 96, 1536)]  # (M, N, K); 608 = 19 blocks
+# (M, N, K): N not a multiple of 8 pads the last row group; 608 = 19 blocks
+SHAPES = [(1, 1, 32), (3, 5, 64), (1, 64, 576), (33, 577, 608), (4, 96, 1536), (2, 13, 96)]
 
 
 @pytest.mark.parametrize("m,n,k", SHAPES)
@@ -60,7 +72,7 @@ def test_q4_matches_reference(m: int, n: int, k: int) -> None:
     gen = torch.Generator().manual_seed(m * 1000 + n + k)
     w = _random_q4(n, k, gen)
     x = torch.randn(m, k, generator=gen)
-    y = cpu.q4_linear(x, w.qs, w.d, w.m)
+    y = q4(x, w)
     ref = _reference_q4(x, w)
     assert y.dtype == torch.float32 and y.shape == (m, n)
     torch.testing.assert_close(y.double(), ref, rtol=1e-5, atol=1e-5 * float(ref.abs().max()))
@@ -74,7 +86,7 @@ def test_q8_matches_reference(m: int, n: int, k: int) -> None:
     gen = torch.Generator().manual_seed(7 * m + n + k)
     w = quantize_q8(torch.randn(n, k, generator=gen))
     x = torch.randn(m, k, generator=gen)
-    y = cpu.q8_linear(x, w.qs, w.d)
+    y = q8(x, w)
     ref = _reference_q8(x, w)
     torch.testing.assert_close(y.double(), ref, rtol=1e-5, atol=1e-5 * float(ref.abs().max()))
     exact = x @ w.dequantize().T
@@ -85,7 +97,7 @@ def test_bf16_activations_give_bf16_rows_of_the_same_product() -> None:
     gen = torch.Generator().manual_seed(3)
     w = _random_q4(64, 576, gen)
     x = torch.randn(5, 576, generator=gen).bfloat16()
-    y = cpu.q4_linear(x, w.qs, w.d, w.m)
+    y = q4(x, w)
     assert y.dtype == torch.bfloat16
     torch.testing.assert_close(y.float(), _reference_q4(x.float(), w).float(), rtol=1e-2, atol=1e-2)
 
@@ -97,9 +109,9 @@ def test_every_thread_count_gives_the_same_bits() -> None:
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        one = cpu.q4_linear(x, w.qs, w.d, w.m)
+        one = q4(x, w)
         torch.set_num_threads(2)
-        two = cpu.q4_linear(x, w.qs, w.d, w.m)
+        two = q4(x, w)
     finally:
         torch.set_num_threads(before)
     assert torch.equal(one, two)
@@ -107,17 +119,32 @@ def test_every_thread_count_gives_the_same_bits() -> None:
 
 def test_zero_rows_and_zero_blocks_are_exact() -> None:
     w = quantize_q8(torch.zeros(8, 64))
-    y = cpu.q8_linear(torch.zeros(2, 64), w.qs, w.d)
+    y = q8(torch.zeros(2, 64), w)
     assert torch.equal(y, torch.zeros(2, 8))
 
 
 def test_bad_shapes_raise_clear_errors() -> None:
-    w = _random_q4(8, 64, torch.Generator().manual_seed(0))
+    w = interleave(_random_q4(8, 64, torch.Generator().manual_seed(0)))
     with pytest.raises(RuntimeError, match="x has K=96, weight has K=64"):
-        cpu.q4_linear(torch.randn(1, 96), w.qs, w.d, w.m)
+        cpu.q4_linear(torch.randn(1, 96), w.qs, w.d, w.m, w.n)
     with pytest.raises(RuntimeError, match="float32 or bfloat16"):
-        cpu.q4_linear(torch.randn(1, 64).half(), w.qs, w.d, w.m)
-    with pytest.raises(RuntimeError, match="d must be contiguous float16"):
-        cpu.q4_linear(torch.randn(1, 64), w.qs, w.d.float(), w.m)
-    with pytest.raises(RuntimeError, match="multiple of 32"):
-        cpu.q8_linear(torch.randn(1, 40), torch.zeros(4, 40, dtype=torch.int8), torch.zeros(4, 1).half())
+        cpu.q4_linear(torch.randn(1, 64).half(), w.qs, w.d, w.m, w.n)
+    with pytest.raises(RuntimeError, match="d must be contiguous Half"):
+        cpu.q4_linear(torch.randn(1, 64), w.qs, w.d.float(), w.m, w.n)
+    with pytest.raises(RuntimeError, match="n=17 does not match 1 row groups"):
+        cpu.q4_linear(torch.randn(1, 64), w.qs, w.d, w.m, 17)
+    w8 = interleave(quantize_q8(torch.randn(8, 64)))
+    with pytest.raises(RuntimeError, match="qs must be contiguous Char"):
+        cpu.q8_linear(torch.randn(1, 64), w8.qs.view(torch.uint8), w8.d, w8.n)
+
+
+def test_interleaving_keeps_every_weight() -> None:
+    """Interleave, then read the layout back as documented in quant_linear.cpp: the same codes."""
+    w = _random_q4(11, 64, torch.Generator().manual_seed(9))
+    p = interleave(w)
+    lo, hi = p.qs & 0x0F, p.qs >> 4  # [G, nb, 128]: vector k, byte 4r + t
+    g, nb = p.qs.shape[:2]
+    chunks = torch.cat([lo.reshape(g, nb, 4, 8, 4), hi.reshape(g, nb, 4, 8, 4)], dim=2)  # [G, nb, c, r, t]
+    codes = chunks.permute(0, 3, 1, 2, 4).reshape(g * 8, nb * QK)[:11]
+    assert torch.equal(codes, w.codes())
+    assert torch.equal(p.d.permute(0, 2, 1).reshape(-1, nb)[:11], w.d)

@@ -13,7 +13,7 @@ from gguf.constants import GGMLQuantizationType
 
 from serve.kernels import cpu as cpu_kernels
 from serve.layers.quant import gguf as gguf_method
-from serve.layers.quant.blocks import Q8Blocks, from_ggml
+from serve.layers.quant.blocks import Q8Blocks, Q8x8, from_ggml
 from serve.layers.quant.gguf import Q4_0, Q4_1, Q8_0, int4_affine
 from serve.layers.quant.int4_cpu import int4_matmul, pack_int4_affine
 from tests.unit.model_fixtures import gguf_path
@@ -80,7 +80,7 @@ def test_bundled_gguf_block_kernels_match_dequantized() -> None:
     parts = [m.block_parts for m in fast.model.modules() if hasattr(m, "block_parts")]
     assert len(parts) == 30 * 4 + 1 and not any(hasattr(m, "weight") for m in fast.model.modules()
                                                  if hasattr(m, "block_parts"))
-    assert isinstance(fast.model.tied_head.block_parts[0], Q8Blocks)
+    assert isinstance(fast.model.tied_head.block_parts[0], Q8x8)
     ref = NativeLM(path, dtype="float32", quant="none", max_len=256)
     a, b = fast.logits(ids), ref.logits(ids)
     assert float((a - b).norm() / b.norm()) < 0.03

@@ -73,15 +73,15 @@ def available() -> bool:
     return False
 
 
-def q4_linear(x: torch.Tensor, qs: torch.Tensor, d: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
-    """x [M, K] f32/bf16, qs [N, K/32, 16] uint8 (ggml Q4_1 nibble order), d, m [N, K/32] f16 -> [M, N];
-    w = d * q + m."""
-    return torch.ops.sluice_cpu.q4_linear(x, qs, d, m)
+def q4_linear(x: torch.Tensor, qs: torch.Tensor, d: torch.Tensor, m: torch.Tensor, n: int) -> torch.Tensor:
+    """x [M, K] f32/bf16 -> [M, n]; qs, d, m: a Q4 weight interleaved 8 rows per group
+    (serve.layers.quant.blocks.interleave); w = d * q + m."""
+    return torch.ops.sluice_cpu.q4_linear(x, qs, d, m, n)
 
 
-def q8_linear(x: torch.Tensor, qs: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
-    """x [M, K] f32/bf16, qs [N, K] int8, d [N, K/32] f16 -> [M, N]; w = d * q."""
-    return torch.ops.sluice_cpu.q8_linear(x, qs, d)
+def q8_linear(x: torch.Tensor, qs: torch.Tensor, d: torch.Tensor, n: int) -> torch.Tensor:
+    """x [M, K] f32/bf16 -> [M, n]; qs, d: a Q8 weight interleaved 8 rows per group; w = d * q."""
+    return torch.ops.sluice_cpu.q8_linear(x, qs, d, n)
 
 
 def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, tables: torch.Tensor,

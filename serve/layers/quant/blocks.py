@@ -1,10 +1,11 @@
-"""Weights in 32-weight blocks, the form the AVX2 CPU kernels read (serve/kernels/cpu).
+"""Weights in 32-weight blocks, and the 8-row interleaved form the AVX2 CPU kernels read.
 
 `Q4Blocks`: w = d * q + m, q in [0, 15], 16 bytes per block with element j in the low nibble of byte
 j and element j + 16 in its high nibble (ggml's Q4_0 / Q4_1 byte order). `Q8Blocks`: w = d * q,
 q in [-127, 127] (ggml's Q8_0). Scales are float16, one per block, as in GGUF, so a GGUF tensor
 becomes one of these without touching its codes. Each has `dequantize()`, the plain-PyTorch
 reference the kernels are tested against, and `cat` for fused (QKV, gate/up) layers.
+`interleave` lays them out for serve/kernels/cpu/quant_linear.cpp (8 rows side by side per block).
 """
 
 from __future__ import annotations
@@ -92,6 +93,53 @@ def q4_from_groups(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tenso
     g_of_block = (torch.arange(k // QK) * QK) // group
     s = scales.float()[g_of_block].T  # [N, K / 32]
     return pack_q4(codes, s, -s * zeros.float()[g_of_block].T)
+
+
+@dataclass(frozen=True)
+class Q4x8:
+    """Q4 blocks of 8 rows interleaved for `q4_linear` (layout in serve/kernels/cpu/quant_linear.cpp):
+    qs [G, K/32, 128] uint8, d and m [G, K/32, 8] float16, G = ceil(n / 8)."""
+
+    qs: torch.Tensor
+    d: torch.Tensor
+    m: torch.Tensor
+    n: int
+
+
+@dataclass(frozen=True)
+class Q8x8:
+    """Q8 blocks of 8 rows interleaved for `q8_linear`: qs [G, K/32, 256] int8, d [G, K/32, 8] f16."""
+
+    qs: torch.Tensor
+    d: torch.Tensor
+    n: int
+
+
+def _pad_rows(t: torch.Tensor, groups: int) -> torch.Tensor:
+    pad = groups * 8 - t.shape[0]
+    return torch.cat([t, t.new_zeros(pad, *t.shape[1:])]) if pad else t
+
+
+def _lanes(t: torch.Tensor, groups: int) -> torch.Tensor:
+    """[N, nb] per-block values -> [G, nb, 8]: the 8 rows of a group side by side."""
+    return _pad_rows(t, groups).reshape(groups, 8, -1).permute(0, 2, 1).contiguous()
+
+
+def _chunks(codes: torch.Tensor, groups: int) -> torch.Tensor:
+    """[N, K] codes -> [G, K/32, 8, 32]: per block, chunk c holds elements 4c..4c+3 of the 8 rows."""
+    nb = codes.shape[1] // QK
+    return _pad_rows(codes, groups).reshape(groups, 8, nb, 8, 4).permute(0, 2, 3, 1, 4).reshape(groups, nb, 8, 32)
+
+
+def interleave(b: Q4Blocks | Q8Blocks) -> Q4x8 | Q8x8:
+    n = b.shape[0]
+    groups = (n + 7) // 8
+    if isinstance(b, Q8Blocks):
+        qs = _chunks(b.qs, groups).reshape(groups, -1, 256).contiguous()
+        return Q8x8(qs, _lanes(b.d, groups), n)
+    c = _chunks(b.codes(), groups)  # chunk k in the low nibbles, chunk k + 4 in the high ones
+    qs = (c[:, :, :4] | (c[:, :, 4:] << 4)).reshape(groups, -1, 128).contiguous()
+    return Q4x8(qs, _lanes(b.d, groups), _lanes(b.m, groups), n)
 
 
 # ggml block layouts: (bytes per block, offset of the 16/32 code bytes)

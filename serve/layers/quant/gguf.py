@@ -21,7 +21,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from serve.layers.quant.base import register_quant_method
-from serve.layers.quant.blocks import GGML_BLOCK_TYPES, QK, Q4Blocks, Q8Blocks, from_ggml
+from serve.layers.quant.blocks import (
+    GGML_BLOCK_TYPES,
+    QK,
+    Q4Blocks,
+    Q4x8,
+    Q8Blocks,
+    Q8x8,
+    from_ggml,
+    interleave,
+)
 from serve.layers.quant.int4_cpu import int4_matmul, int4_supported, pack_int4_affine
 
 log = logging.getLogger(__name__)
@@ -102,10 +111,10 @@ class GGUFInt4Method:
             only = layer.block_parts[0] if len(layer.block_parts) == 1 else None
             # The common case (one block type for the whole layer) skips the per-part dispatch: at
             # batch 1 a step makes ~120 of these calls and each Python-level branch shows.
-            if isinstance(only, Q4Blocks):
-                layer.block_call = (torch.ops.sluice_cpu.q4_linear, (only.qs, only.d, only.m))
-            elif isinstance(only, Q8Blocks):
-                layer.block_call = (torch.ops.sluice_cpu.q8_linear, (only.qs, only.d))
+            if isinstance(only, Q4x8):
+                layer.block_call = (torch.ops.sluice_cpu.q4_linear, (only.qs, only.d, only.m, only.n))
+            elif isinstance(only, Q8x8):
+                layer.block_call = (torch.ops.sluice_cpu.q8_linear, (only.qs, only.d, only.n))
             return
         if all(isinstance(p, Q4Blocks) for p in parts) and int4_supported(n, k, QK, device):
             a = [int4_affine(p) for p in parts]
@@ -135,8 +144,8 @@ def _block_kernels() -> bool:
 
 
 def _block_parts(parts: list[Q4Blocks | Q8Blocks | torch.Tensor], dtype: torch.dtype) -> list[object]:
-    """Adjacent shards of one block type merge into one kernel call (fused QKV / gate-up); float
-    shards stay float."""
+    """Adjacent shards of one block type merge into one kernel call (fused QKV / gate-up), laid out
+    for the kernels (8 rows interleaved); float shards stay float."""
     merged: list[object] = []
     for p in parts:
         p = p.to(dtype) if isinstance(p, torch.Tensor) else p
@@ -144,7 +153,7 @@ def _block_parts(parts: list[Q4Blocks | Q8Blocks | torch.Tensor], dtype: torch.d
             merged[-1] = type(p).cat([merged[-1], p])
         else:
             merged.append(p)
-    return merged
+    return [p if isinstance(p, torch.Tensor) else interleave(p) for p in merged]
 
 
 def _apply_block_parts(parts: list[object], x: torch.Tensor) -> torch.Tensor:
@@ -153,10 +162,10 @@ def _apply_block_parts(parts: list[object], x: torch.Tensor) -> torch.Tensor:
     lead, x2 = x.shape[:-1], x.reshape(-1, x.shape[-1])
     outs = []
     for p in parts:
-        if isinstance(p, Q4Blocks):
-            outs.append(cpu.q4_linear(x2, p.qs, p.d, p.m))
-        elif isinstance(p, Q8Blocks):
-            outs.append(cpu.q8_linear(x2, p.qs, p.d))
+        if isinstance(p, Q4x8):
+            outs.append(cpu.q4_linear(x2, p.qs, p.d, p.m, p.n))
+        elif isinstance(p, Q8x8):
+            outs.append(cpu.q8_linear(x2, p.qs, p.d, p.n))
         else:
             outs.append(F.linear(x2, p))
     y = outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)

@@ -23,7 +23,7 @@ from torch import nn
 
 from serve.kernels import gptq_hook
 from serve.layers.quant.base import register_quant_method
-from serve.layers.quant.blocks import QK, q4_from_groups
+from serve.layers.quant.blocks import QK, interleave, q4_from_groups
 from serve.layers.quant.int4_cpu import int4_matmul, int4_supported, pack_int4
 from serve.quantize.dequant import dequantize_gptq
 from serve.quantize.packing import unpack_qweight, unpack_qzeros
@@ -143,8 +143,8 @@ class GPTQMethod(GPTQReferenceMethod):
         layer.input_perm = perm
         if device.type == "cpu" and group % QK == 0 and _block_kernels():
             # AVX2 block kernel (serve/kernels/cpu): int8 activations, any activation dtype
-            b = q4_from_groups(codes, scales, zeros, group)
-            layer.block_call = (torch.ops.sluice_cpu.q4_linear, (b.qs, b.d, b.m))
+            w = interleave(q4_from_groups(codes, scales, zeros, group))
+            layer.block_call = (torch.ops.sluice_cpu.q4_linear, (w.qs, w.d, w.m, w.n))
             return
         layer.int4 = pack_int4(codes, scales, zeros, group, pending.dtype)
 
