@@ -120,6 +120,11 @@ class TorchSDPABackend:
                 v_cache: torch.Tensor, meta: SDPAMetadata, scale: float) -> torch.Tensor:
         """q: [T, Hq, D]; k, v: [T, Hkv, D]; caches [num_blocks, block_size, Hkv, D] -> [T, Hq, D]."""
         n_kv, d = k.shape[1], k.shape[2]
+        only = meta.groups[0] if len(meta.groups) == 1 and not meta.fresh else None
+        if only is not None and only.rows is None and self._kernel_takes(only, q, k_cache):
+            # the all-decode step: one call writes this step's K/V and attends
+            return self._decode_kernel(q.contiguous(), k_cache, v_cache, only.table, only.lens, scale, k, v,
+                                       meta.slot_mapping)
         k_flat, v_flat = k_cache.view(-1, n_kv, d), v_cache.view(-1, n_kv, d)
         k_flat.index_copy_(0, meta.slot_mapping, k)
         v_flat.index_copy_(0, meta.slot_mapping, v)
@@ -138,10 +143,13 @@ class TorchSDPABackend:
                 out.index_copy_(0, grp.rows, res)
         return out
 
+    def _kernel_takes(self, grp: _Group, q: torch.Tensor, k_cache: torch.Tensor) -> bool:
+        return (self._decode_kernel is not None and grp.q_len == 1 and q.dtype == k_cache.dtype
+                and q.dtype in (torch.float32, torch.bfloat16))
+
     def _attend_cached(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, k_flat: torch.Tensor,
                        v_flat: torch.Tensor, grp: _Group, scale: float) -> torch.Tensor:
-        if (self._decode_kernel is not None and grp.q_len == 1 and q.dtype == k_cache.dtype
-                and q.dtype in (torch.float32, torch.bfloat16)):
+        if self._kernel_takes(grp, q, k_cache):
             return self._decode_kernel(q.contiguous(), k_cache, v_cache, grp.table, grp.lens, scale)
         return self._attend_group(q, k_flat, v_flat, grp, scale)
 

@@ -19,7 +19,7 @@ from serve.layers.activation import silu_and_mul
 from serve.layers.linear import Linear
 from serve.layers.norm import RMSNorm
 from serve.layers.quant.base import get_quant_method, method_for_role
-from serve.layers.rotary import RotaryEmbedding, apply_rotary
+from serve.layers.rotary import RotaryEmbedding, apply_rotary_
 from serve.models.config import ModelArchConfig
 from serve.worker.forward_context import ForwardContext
 
@@ -46,8 +46,8 @@ class LlamaAttention(nn.Module):
         t = x.shape[0]
         qk, v = self.qkv_proj(x).split([(self.n_heads + self.n_kv) * self.head_dim, self.n_kv * self.head_dim],
                                        dim=-1)
-        # Q and K heads sit side by side in the fused projection: rotate them in one call.
-        q, k = apply_rotary(qk.view(t, self.n_heads + self.n_kv, self.head_dim), cos, sin).split(
+        # Q and K heads sit side by side in the fused projection: rotate them in one call, in place.
+        q, k = apply_rotary_(qk.view(t, self.n_heads + self.n_kv, self.head_dim), cos, sin).split(
             [self.n_heads, self.n_kv], dim=1)
         o = self.backend.forward(q, k, v.view(t, self.n_kv, self.head_dim), self.k_cache, self.v_cache,
                                  ctx.attn_metadata, self.scale)

@@ -148,3 +148,32 @@ def test_interleaving_keeps_every_weight() -> None:
     codes = chunks.permute(0, 3, 1, 2, 4).reshape(g * 8, nb * QK)[:11]
     assert torch.equal(codes, w.codes())
     assert torch.equal(p.d.permute(0, 2, 1).reshape(-1, nb)[:11], w.d)
+
+
+def test_fused_rotary_in_place_on_a_strided_view_matches_apply_rotary() -> None:
+    from serve.layers.rotary import RotaryEmbedding, apply_rotary, apply_rotary_
+    from serve.models.config import RopeScaling
+
+    rope = RotaryEmbedding(64, 128, 10000.0, RopeScaling())
+    cos, sin = rope.lookup(torch.tensor([0, 5, 77]), torch.float32)
+    qkv = torch.randn(3, 15 * 64, generator=torch.Generator().manual_seed(1))
+    v_before = qkv[:, 12 * 64:].clone()
+    expected = apply_rotary(qkv[:, :12 * 64].reshape(3, 12, 64), cos, sin)
+    out = apply_rotary_(qkv[:, :12 * 64].view(3, 12, 64), cos, sin)
+    assert out.data_ptr() == qkv.data_ptr()  # in place
+    torch.testing.assert_close(qkv[:, :12 * 64].view(3, 12, 64), expected, atol=1e-6, rtol=1e-6)
+    assert torch.equal(qkv[:, 12 * 64:], v_before)  # V heads untouched
+
+
+def test_fused_norm_and_swiglu_match_the_aten_formulas() -> None:
+    gen = torch.Generator().manual_seed(2)
+    x, r, w = torch.randn(5, 576, generator=gen), torch.randn(5, 576, generator=gen), torch.randn(576, generator=gen)
+    out, total = cpu.add_rms_norm(x, r, w, 1e-5)
+    s = x + r
+    torch.testing.assert_close(total, s)
+    torch.testing.assert_close(out, w * (s * torch.rsqrt(s.pow(2).mean(-1, keepdim=True) + 1e-5)), atol=1e-5, rtol=1e-5)
+    out, same = cpu.add_rms_norm(x, None, w, 1e-5)
+    assert same.data_ptr() == x.data_ptr()
+    g = torch.randn(3, 2 * 1536, generator=gen)
+    torch.testing.assert_close(cpu.silu_and_mul(g), torch.nn.functional.silu(g[:, :1536]) * g[:, 1536:], atol=1e-6,
+                               rtol=1e-5)

@@ -134,3 +134,27 @@ def test_flash_attn_matches_torch_sdpa_on_cuda() -> None:
     out = backend.forward(*args, backend.prepare(ctx), D ** -0.5)
     ref = expected(q, full_k, full_v, D ** -0.5)
     torch.testing.assert_close(out.float().cpu(), ref, atol=2e-3, rtol=2e-3)
+
+
+@pytest.mark.skipif(cpu_kernels.unavailable_reason() is not None, reason="CPU kernels cannot run here")
+def test_all_decode_step_through_the_kernel_writes_the_cache_and_matches_sdpa() -> None:
+    """The all-decode fast path hands the step's K/V to the kernel, which writes them to their slots
+    and attends in one call: same cache contents and outputs as index_copy_ + gather + SDPA."""
+    gen = torch.Generator().manual_seed(6)
+    dev = torch.device("cpu")
+    tables, cached = [[9, 2, 30], [4], [17, 8]], [9, 2, 5]
+    ctx = build_context([1, 1, 1], cached, tables, BS, dev)
+    q = torch.randn(3, HQ, D, generator=gen)
+    k, v = torch.randn(3, HKV, D, generator=gen), torch.randn(3, HKV, D, generator=gen)
+    base_k, base_v = torch.randn(NB, BS, HKV, D, generator=gen), torch.randn(NB, BS, HKV, D, generator=gen)
+    outs, caches = [], []
+    for use_kernel in (True, False):
+        backend = get_backend("torch_sdpa", dev, BS)
+        if not use_kernel:
+            backend._decode_kernel = None
+        kc, vc = base_k.clone(), base_v.clone()
+        outs.append(backend.forward(q, k, v, kc, vc, backend.prepare(ctx), D ** -0.5))
+        caches.append((kc, vc))
+    torch.testing.assert_close(outs[0], outs[1], atol=1e-5, rtol=1e-5)
+    assert torch.equal(caches[0][0], caches[1][0]) and torch.equal(caches[0][1], caches[1][1])
+    assert torch.equal(caches[0][0].view(-1, HKV, D)[ctx.slot_mapping], k)

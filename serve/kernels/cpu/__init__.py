@@ -85,10 +85,12 @@ def q8_linear(x: torch.Tensor, qs: torch.Tensor, d: torch.Tensor, n: int) -> tor
 
 
 def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, tables: torch.Tensor,
-                           lens: torch.Tensor, scale: float) -> torch.Tensor:
+                           lens: torch.Tensor, scale: float, k_new: torch.Tensor | None = None,
+                           v_new: torch.Tensor | None = None, slots: torch.Tensor | None = None) -> torch.Tensor:
     """One query token per sequence. q [B, Hq, D]; caches [num_blocks, block_size, Hkv, D] (q's dtype,
-    float32 or bfloat16); tables [B, max_blocks] int64; lens [B] int64 context lengths -> [B, Hq, D]."""
-    return torch.ops.sluice_cpu.paged_decode_attention(q, k_cache, v_cache, tables, lens, scale)
+    float32 or bfloat16); tables [B, max_blocks] int64; lens [B] int64 context lengths -> [B, Hq, D].
+    With k_new, v_new [B, Hkv, D] and slots [B], the step's K/V rows are written to the cache first."""
+    return torch.ops.sluice_cpu.paged_decode_attention(q, k_cache, v_cache, tables, lens, scale, k_new, v_new, slots)
 
 
 def add_rms_norm(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor,
@@ -100,3 +102,8 @@ def add_rms_norm(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.T
 def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
     """float32 [T, 2I] = [gate | up] -> silu(gate) * up."""
     return torch.ops.sluice_cpu.silu_and_mul(x)
+
+
+def rotary_(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+    """In place on float32 x [T, H, D] (strided rows allowed): x * cos + roll(x, D/2) * signed_sin."""
+    return torch.ops.sluice_cpu.rotary_(x, cos, signed_sin)

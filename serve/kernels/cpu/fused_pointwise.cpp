@@ -7,6 +7,9 @@
 //   add_rms_norm(x [T, H], residual [T, H] or None, weight [H], eps) -> (normed, x + residual)
 //       s = x (+ residual); normed = weight * s / sqrt(mean(s^2) + eps)   (statistics in float32)
 //   silu_and_mul(x [T, 2I]) -> [T, I] = silu(x[:, :I]) * x[:, I:]
+//   rotary_(x [T, H, D] (any token/head strides, unit last stride), cos, signed_sin [T, 1, D]) -> x,
+//       in place: x * cos + roll(x, D/2) * signed_sin, i.e. HF's rotate_half RoPE (see
+//       serve/layers/rotary.py), for the Q and K heads of a fused QKV output without copying them out.
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -84,14 +87,45 @@ at::Tensor silu_and_mul(const at::Tensor& x_in) {
   return out;
 }
 
+at::Tensor& rotary_(at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
+  TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == at::kFloat && x.dim() == 3 && x.stride(2) == 1,
+              "rotary_: x must be a float32 [T, H, D] CPU tensor with contiguous rows");
+  const int64_t t = x.size(0), heads = x.size(1), d = x.size(2), half = d / 2;
+  TORCH_CHECK(d % 2 == 0 && cos.scalar_type() == at::kFloat && sin.scalar_type() == at::kFloat &&
+                  cos.numel() == t * d && sin.numel() == t * d,
+              "rotary_: cos and signed_sin must be float32 [T, 1, D]");
+  const at::Tensor c = cos.contiguous(), s = sin.contiguous();
+  const float* cp = c.data_ptr<float>();
+  const float* sp = s.data_ptr<float>();
+  float* xp = x.data_ptr<float>();
+  const int64_t st = x.stride(0), sh = x.stride(1);
+  at::parallel_for(0, t, 16, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const float* cr = cp + r * d;
+      const float* sr = sp + r * d;
+      for (int64_t h = 0; h < heads; ++h) {
+        float* v = xp + r * st + h * sh;
+        for (int64_t i = 0; i < half; ++i) {
+          const float a = v[i], b = v[i + half];
+          v[i] = a * cr[i] + b * sr[i];                // sr[i] = -sin: rotate_half's first half is -x2
+          v[i + half] = b * cr[i + half] + a * sr[i + half];
+        }
+      }
+    }
+  });
+  return x;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(sluice_cpu, m) {
   m.def("add_rms_norm(Tensor x, Tensor? residual, Tensor weight, float eps) -> (Tensor, Tensor)");
   m.def("silu_and_mul(Tensor x) -> Tensor");
+  m.def("rotary_(Tensor(a!) x, Tensor cos, Tensor sin) -> Tensor(a!)");
 }
 
 TORCH_LIBRARY_IMPL(sluice_cpu, CPU, m) {
   m.impl("add_rms_norm", &add_rms_norm);
   m.impl("silu_and_mul", &silu_and_mul);
+  m.impl("rotary_", &rotary_);
 }
