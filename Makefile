@@ -17,6 +17,7 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip wheel
 	$(PIP) install -e '.[dev]'
+	$(PY) -m serve.kernels.cpu
 	touch $@
 
 install: $(VENV)/.installed
