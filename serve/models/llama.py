@@ -18,16 +18,10 @@ from serve.attention.base import AttentionBackend
 from serve.layers.activation import silu_and_mul
 from serve.layers.linear import Linear
 from serve.layers.norm import RMSNorm
-from serve.layers.quant.base import get_quant_method, method_for_role
+from serve.layers.quant.base import get_quant_method, method_for_role, tied_head_method
 from serve.layers.rotary import RotaryEmbedding, apply_rotary_
 from serve.models.config import ModelArchConfig
 from serve.worker.forward_context import ForwardContext
-
-# Methods that quantize float rows when loading (as opposed to reading a pre-quantized checkpoint).
-QUANTIZE_AT_LOAD = frozenset({"int8", "int8_reference", "int8_bf16act", "w8a8", "w8a8_reference"})
-# Methods whose tied vocab projection gets its own (quantized) Linear: the at-load methods quantize
-# the embedding's float rows; "gguf" takes the embedding's Q4/Q8 blocks from the file.
-TIED_HEAD_METHODS = QUANTIZE_AT_LOAD | {"gguf"}
 
 
 class LlamaAttention(nn.Module):
@@ -106,10 +100,11 @@ class LlamaForCausalLM(nn.Module):
         self.lm_head = None if cfg.tie_word_embeddings else Linear(
             cfg.hidden_size, [cfg.vocab_size], get_quant_method(quant), dtype)
         # Tied embeddings under a quantized method: the vocab projection (the largest matmul of a
-        # decode step for small models) gets a quantized copy; the lookup table stays float.
-        self.tied_head = Linear(cfg.hidden_size, [cfg.vocab_size], get_quant_method(method_for_role(quant, "lm_head")),
-                                dtype) if (
-            cfg.tie_word_embeddings and quant in TIED_HEAD_METHODS) else None
+        # decode step for small models) may get a quantized copy (at-load methods quantize the
+        # embedding's rows, gguf reads its blocks); the lookup table stays float.
+        head_method = tied_head_method(quant) if cfg.tie_word_embeddings else None
+        self.tied_head = None if head_method is None else Linear(cfg.hidden_size, [cfg.vocab_size],
+                                                                 get_quant_method(head_method), dtype)
         self._max_positions = max_positions or cfg.max_position_embeddings
         self.rotary = RotaryEmbedding(cfg.head_dim, self._max_positions, cfg.rope_theta, cfg.rope_scaling)
 

@@ -7,14 +7,16 @@ import pytest
 
 @pytest.fixture(params=["avx2-blocks", "torch-int4"])
 def cpu_int4_kernel(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Run a GPTQ test through each CPU int4 kernel: the AVX2 block kernel (int8 activations) and
-    torch's int4 kernel (exact float activations). Yields the kernel's name."""
+    """Run a GPTQ test through each CPU int4 kernel: the AVX2 block kernel (int8 activations; the tied
+    head then runs as Q8_0 blocks) and torch's int4 kernel (exact float activations, float head).
+    Yields the kernel's name."""
     from serve.kernels import cpu
-    from serve.layers.quant import gptq
+    from serve.layers.quant import gptq, q8_0
 
     if request.param == "avx2-blocks":
         if cpu.unavailable_reason() is not None:
             pytest.skip(f"AVX2 block kernels cannot run here: {cpu.unavailable_reason()}")
     else:
         monkeypatch.setattr(gptq, "_block_kernels", lambda: False)
+        monkeypatch.setattr(q8_0, "block_kernels_here", lambda: False)
     return request.param

@@ -177,3 +177,28 @@ def test_fused_norm_and_swiglu_match_the_aten_formulas() -> None:
     g = torch.randn(3, 2 * 1536, generator=gen)
     torch.testing.assert_close(cpu.silu_and_mul(g), torch.nn.functional.silu(g[:, :1536]) * g[:, 1536:], atol=1e-6,
                                rtol=1e-5)
+
+
+@pytest.mark.parametrize("kernels", [True, False], ids=["avx2-blocks", "dequantized-reference"])
+def test_q8_0_method_quantizes_float_rows_at_load(kernels: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    from serve.layers.linear import Linear
+    from serve.layers.quant import q8_0
+    from serve.layers.quant.base import get_quant_method
+
+    if not kernels:
+        monkeypatch.setattr(q8_0, "block_kernels_here", lambda: False)
+    gen = torch.Generator().manual_seed(11)
+    a, b = torch.randn(24, 96, generator=gen), torch.randn(40, 96, generator=gen)
+    layer = Linear(96, [24, 40], get_quant_method("q8_0"), torch.float32)
+    layer.load_shard(0, a)
+    layer.load_shard(1, b)
+    layer.finalize()
+    assert hasattr(layer, "block_call") == kernels
+    x = torch.randn(3, 96, generator=gen)
+    w = quantize_q8(torch.cat([a, b]))
+    y = layer(x)
+    if kernels:
+        torch.testing.assert_close(y.double(), _reference_q8(x, w), rtol=1e-5, atol=1e-5)
+    else:
+        torch.testing.assert_close(y, x @ w.dequantize().T, rtol=1e-5, atol=1e-5)
+    assert float((y - x @ torch.cat([a, b]).T).norm() / (x @ torch.cat([a, b]).T).norm()) < 0.02

@@ -53,3 +53,8 @@ T=benchmarks/data/kjv_genesis37-45_ruth.txt
 sluice bench quality --model $G --quant gguf --dtype float32 --label gguf-q4_1-avx2 --text $T $EVAL
 sluice bench quality --model /tmp/qout2/gptq-int4-g128 --dtype float32 --label gptq-int4-g128-avx2 --text $T $EVAL
 sluice bench quality --model /tmp/qout2/rtn-int4-g128 --dtype float32 --label rtn-int4-g128-avx2 --text $T $EVAL
+
+# 5. Speculative decoding against the new default target (GGUF blocks through the AVX2 kernels); the
+#    self-draft is the same checkpoint under the same method (nothing cheaper exists for a Q4 target).
+$PY -m benchmarks.spec_decode --threads 2 --reps 2 --max-tokens 96 --adaptive --target-quant gguf \
+  --draft-quant gguf --batches 1 4 8 16 --out 2026-11-22-cpu-kernels/spec

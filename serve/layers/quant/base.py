@@ -43,10 +43,14 @@ def register_quant_method(name: str, factory: Callable[[], QuantMethod]) -> None
     _REGISTRY[name] = factory
 
 
+def _load_builtins() -> None:
+    # Built-in methods register on import; import here so callers need not know module names.
+    from serve.layers.quant import gguf, gptq, int8, q8_0, unquantized, w8a8  # noqa: F401
+
+
 def get_quant_method(name: str) -> QuantMethod:
     if name not in _REGISTRY:
-        # Built-in methods register on import; import here so callers need not know module names.
-        from serve.layers.quant import gguf, gptq, int8, unquantized, w8a8  # noqa: F401
+        _load_builtins()
     if name not in _REGISTRY:
         raise ValueError(f"unknown quantization method {name!r}; available: {', '.join(sorted(_REGISTRY))}")
     return _REGISTRY[name]()
@@ -64,3 +68,21 @@ def method_for_role(quant: str, role: str) -> str:
     """The quant method a layer of `role` gets under the model-wide `quant` (usually `quant` itself)."""
     get_quant_method(quant)  # validates the name and loads the built-in methods (and their overrides)
     return _ROLE_OVERRIDES.get(quant, {}).get(role, quant)
+
+
+# Tied vocab projections: a scheme may give the tied head its own quantized Linear (the embedding
+# lookup stays float). The chooser runs while the model is built and returns a method or None.
+_TIED_HEAD: dict[str, Callable[[], str | None]] = {}
+
+
+def register_tied_head(name: str, choose: Callable[[], str | None]) -> None:
+    _TIED_HEAD[name] = choose
+
+
+def tied_head_method(quant: str) -> str | None:
+    """The quant method of a separate tied vocab projection under `quant`, or None (use the float
+    embedding matrix as the projection)."""
+    _load_builtins()
+    get_quant_method(quant)
+    choose = _TIED_HEAD.get(quant)
+    return choose() if choose is not None else None
