@@ -58,3 +58,12 @@ sluice bench quality --model /tmp/qout2/rtn-int4-g128 --dtype float32 --label rt
 #    self-draft is the same checkpoint under the same method (nothing cheaper exists for a Q4 target).
 $PY -m benchmarks.spec_decode --threads 2 --reps 2 --max-tokens 96 --adaptive --target-quant gguf \
   --draft-quant gguf --batches 1 4 8 16 --out 2026-11-22-cpu-kernels/spec
+
+# 6. After the run: a GPTQ checkpoint's tied head (float in the checkpoint) now runs as Q8_0 blocks
+#    where the AVX2 kernels build; the GPTQ / RTN rows again, data plane and perplexity.
+$PY -m benchmarks.native_variants --threads 2 --steps 64 --batch 1 32 \
+  --variant gptq_int4_g128_avx2_q8head=/tmp/qout2/gptq-int4-g128:gptq@float32 \
+  --variant rtn_int4_g128_avx2_q8head=/tmp/qout2/rtn-int4-g128:gptq@float32 \
+  --variant gguf_q4_avx2=$G:gguf@float32 --out $R/native-variants-gptq-q8head.json
+sluice bench quality --model /tmp/qout2/gptq-int4-g128 --dtype float32 --label gptq-int4-g128-avx2-q8head --text $T $EVAL
+sluice bench quality --model /tmp/qout2/rtn-int4-g128 --dtype float32 --label rtn-int4-g128-avx2-q8head --text $T $EVAL
