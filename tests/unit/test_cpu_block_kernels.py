@@ -202,3 +202,12 @@ def test_q8_0_method_quantizes_float_rows_at_load(kernels: bool, monkeypatch: py
     else:
         torch.testing.assert_close(y, x @ w.dequantize().T, rtol=1e-5, atol=1e-5)
     assert float((y - x @ torch.cat([a, b]).T).norm() / (x @ torch.cat([a, b]).T).norm()) < 0.02
+
+
+def test_ninja_is_found_without_an_activated_venv(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    """`.venv/bin/python -m ...` does not put .venv/bin on PATH; the pinned ninja must still be found."""
+    import shutil
+
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert shutil.which("ninja") is None
+    assert cpu._ninja_on_path() and shutil.which("ninja") is not None

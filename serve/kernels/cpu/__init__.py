@@ -46,7 +46,22 @@ def unavailable_reason() -> str | None:
         return f"CPU lacks {', '.join(sorted(missing))}"
     if shutil.which(os.environ.get("CXX", "c++")) is None:
         return "no C++ compiler (set CXX or install g++)"
+    if not _ninja_on_path():
+        return "no ninja build tool (pip install ninja)"
     return None
+
+
+def _ninja_on_path() -> bool:
+    """torch's extension builder runs `ninja` from PATH; the pinned PyPI package puts it in its own
+    bin dir, which is not on PATH when the venv's python is run without activating the venv."""
+    if shutil.which("ninja") is not None:
+        return True
+    try:
+        import ninja
+    except ImportError:
+        return False
+    os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
+    return shutil.which("ninja") is not None
 
 
 def build_dir() -> Path:
