@@ -2,17 +2,10 @@
 
 from __future__ import annotations
 
-import functools
-
 import torch
 from torch import nn
 
-
-@functools.cache
-def _fused_cpu() -> bool:
-    from serve.kernels import cpu
-
-    return cpu.available()
+from serve.kernels import cpu as cpu_kernels
 
 
 class RMSNorm(nn.Module):
@@ -28,10 +21,8 @@ class RMSNorm(nn.Module):
         Statistics are taken in float32 and the normalised value is cast back before the weight
         multiply, as Hugging Face's LlamaRMSNorm does, so bf16 results agree with it.
         """
-        if x.dtype == torch.float32 and x.device.type == "cpu" and x.dim() == 2 and _fused_cpu():
-            from serve.kernels import cpu  # one fused pass instead of nine ATen calls
-
-            return cpu.add_rms_norm(x, residual, self.weight, self.eps)
+        if x.dtype == torch.float32 and x.device.type == "cpu" and x.dim() == 2 and cpu_kernels.available():
+            return cpu_kernels.add_rms_norm(x, residual, self.weight, self.eps)  # one pass, not nine ATen calls
         if residual is not None:
             x = x + residual
         # Written out rather than F.rms_norm: torch 2.13's fused CPU kernel allocates per call and was

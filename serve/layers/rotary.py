@@ -6,12 +6,12 @@ and looked up per step, not per layer: `lookup(positions)` runs once per forward
 
 from __future__ import annotations
 
-import functools
 import math
 
 import torch
 from torch import nn
 
+from serve.kernels import cpu as cpu_kernels
 from serve.models.config import RopeScaling
 
 
@@ -64,18 +64,9 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -
     return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, -1), signed_sin)
 
 
-@functools.cache
-def _fused_cpu() -> bool:
-    from serve.kernels import cpu
-
-    return cpu.available()
-
-
 def apply_rotary_(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
     """`apply_rotary` in place (x may be a strided view, e.g. the Q and K heads of a fused QKV output):
     one C++ pass for float32 on CPU instead of three kernels and a copy."""
-    if x.dtype == torch.float32 and x.device.type == "cpu" and x.stride(-1) == 1 and _fused_cpu():
-        from serve.kernels import cpu
-
-        return cpu.rotary_(x, cos, signed_sin)
+    if x.dtype == torch.float32 and x.device.type == "cpu" and x.stride(-1) == 1 and cpu_kernels.available():
+        return cpu_kernels.rotary_(x, cos, signed_sin)
     return x.copy_(apply_rotary(x, cos, signed_sin))

@@ -31,6 +31,8 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <string>
+#include <utility>
 #include <vector>
 
 namespace {
@@ -152,6 +154,17 @@ void check_groups(const at::Tensor& t, int64_t groups, int64_t nb, int64_t lanes
               what, " must be contiguous ", dtype, " [", groups, ", ", nb, ", ", lanes, "]");
 }
 
+// Checks x against an interleaved weight's codes [ceil(n/8), K/32, bytes]; returns (groups, K/32).
+std::pair<int64_t, int64_t> check_weight(const at::Tensor& x, const at::Tensor& qs, int64_t n, int64_t bytes,
+                                         at::ScalarType dtype, const std::string& op) {
+  TORCH_CHECK(qs.dim() == 3, op, ": qs must be ", dtype, " [ceil(N/8), K/32, ", bytes, "]");
+  const int64_t groups = qs.size(0), nb = qs.size(1);
+  TORCH_CHECK(n > 0 && (n + 7) / 8 == groups, op, ": n=", n, " does not match ", groups, " row groups");
+  check_groups(qs, groups, nb, bytes, dtype, (op + ": qs").c_str());
+  check_input(x, nb * QK);
+  return {groups, nb};
+}
+
 const uint16_t* half_bits(const at::Tensor& t) { return reinterpret_cast<const uint16_t*>(t.data_ptr<at::Half>()); }
 
 // For every row group (split across threads) and every input row: group_dot(g, i, out8) writes the
@@ -179,13 +192,9 @@ at::Tensor run_groups(const at::Tensor& x, int64_t n, int64_t groups, int64_t nb
 
 at::Tensor q4_linear(const at::Tensor& x_in, const at::Tensor& qs, const at::Tensor& d, const at::Tensor& m,
                      int64_t n) {
-  TORCH_CHECK(qs.dim() == 3, "q4_linear: qs must be uint8 [ceil(N/8), K/32, 128]");
-  const int64_t groups = qs.size(0), nb = qs.size(1);
-  TORCH_CHECK(n > 0 && (n + 7) / 8 == groups, "q4_linear: n=", n, " does not match ", groups, " row groups");
-  check_groups(qs, groups, nb, 128, at::kByte, "q4_linear: qs");
+  const auto [groups, nb] = check_weight(x_in, qs, n, 128, at::kByte, "q4_linear");
   check_groups(d, groups, nb, 8, at::kHalf, "q4_linear: d");
   check_groups(m, groups, nb, 8, at::kHalf, "q4_linear: m");
-  check_input(x_in, nb * QK);
   const at::Tensor x = x_in.contiguous();
   const QuantizedActivations qa = quantize_input(x);
   const uint8_t* w = qs.data_ptr<uint8_t>();
@@ -197,12 +206,8 @@ at::Tensor q4_linear(const at::Tensor& x_in, const at::Tensor& qs, const at::Ten
 }
 
 at::Tensor q8_linear(const at::Tensor& x_in, const at::Tensor& qs, const at::Tensor& d, int64_t n) {
-  TORCH_CHECK(qs.dim() == 3, "q8_linear: qs must be int8 [ceil(N/8), K/32, 256]");
-  const int64_t groups = qs.size(0), nb = qs.size(1);
-  TORCH_CHECK(n > 0 && (n + 7) / 8 == groups, "q8_linear: n=", n, " does not match ", groups, " row groups");
-  check_groups(qs, groups, nb, 256, at::kChar, "q8_linear: qs");
+  const auto [groups, nb] = check_weight(x_in, qs, n, 256, at::kChar, "q8_linear");
   check_groups(d, groups, nb, 8, at::kHalf, "q8_linear: d");
-  check_input(x_in, nb * QK);
   const at::Tensor x = x_in.contiguous();
   const QuantizedActivations qa = quantize_input(x);
   const int8_t* w = qs.data_ptr<int8_t>();

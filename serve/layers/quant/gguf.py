@@ -20,14 +20,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from serve.layers.quant import block_call
 from serve.layers.quant.base import register_quant_method
+from serve.layers.quant.block_call import block_kernels_here as _block_kernels
 from serve.layers.quant.blocks import (
     GGML_BLOCK_TYPES,
     QK,
     Q4Blocks,
-    Q4x8,
     Q8Blocks,
-    Q8x8,
     from_ggml,
     interleave,
 )
@@ -106,15 +106,12 @@ class GGUFInt4Method:
         parts = [layer._gguf_shards[o] for o in sorted(layer._gguf_shards)]
         del layer._gguf_shards
         device = torch.get_default_device()
-        if device.type == "cpu" and _block_kernels():
+        if _block_kernels():
             layer.block_parts = _block_parts(parts, dtype)
-            only = layer.block_parts[0] if len(layer.block_parts) == 1 else None
             # The common case (one block type for the whole layer) skips the per-part dispatch: at
             # batch 1 a step makes ~120 of these calls and each Python-level branch shows.
-            if isinstance(only, Q4x8):
-                layer.block_call = (torch.ops.sluice_cpu.q4_linear, (only.qs, only.d, only.m, only.n))
-            elif isinstance(only, Q8x8):
-                layer.block_call = (torch.ops.sluice_cpu.q8_linear, (only.qs, only.d, only.n))
+            if len(layer.block_parts) == 1 and not isinstance(layer.block_parts[0], torch.Tensor):
+                layer.block_call = block_call.kernel_call(layer.block_parts[0])
             return
         if all(isinstance(p, Q4Blocks) for p in parts) and int4_supported(n, k, QK, device):
             a = [int4_affine(p) for p in parts]
@@ -128,19 +125,13 @@ class GGUFInt4Method:
 
     def apply(self, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
         call = getattr(layer, "block_call", None)
-        if call is not None and x.dim() == 2:
-            return call[0](x, *call[1])
+        if call is not None:
+            return block_call.run(call, x)
         if hasattr(layer, "block_parts"):
             return _apply_block_parts(layer.block_parts, x)
         if hasattr(layer, "int4"):
             return int4_matmul(x, layer.int4)
         return F.linear(x, layer.weight)
-
-
-def _block_kernels() -> bool:
-    from serve.kernels import cpu
-
-    return cpu.available()
 
 
 def _block_parts(parts: list[Q4Blocks | Q8Blocks | torch.Tensor], dtype: torch.dtype) -> list[object]:
@@ -157,19 +148,10 @@ def _block_parts(parts: list[Q4Blocks | Q8Blocks | torch.Tensor], dtype: torch.d
 
 
 def _apply_block_parts(parts: list[object], x: torch.Tensor) -> torch.Tensor:
-    from serve.kernels import cpu
-
-    lead, x2 = x.shape[:-1], x.reshape(-1, x.shape[-1])
-    outs = []
-    for p in parts:
-        if isinstance(p, Q4x8):
-            outs.append(cpu.q4_linear(x2, p.qs, p.d, p.m, p.n))
-        elif isinstance(p, Q8x8):
-            outs.append(cpu.q8_linear(x2, p.qs, p.d, p.n))
-        else:
-            outs.append(F.linear(x2, p))
-    y = outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)
-    return y.reshape(*lead, y.shape[-1])
+    """A layer whose shards mix block types (or float): one kernel call per run of one type."""
+    outs = [F.linear(x, p) if isinstance(p, torch.Tensor) else block_call.run(block_call.kernel_call(p), x)
+            for p in parts]
+    return torch.cat(outs, dim=-1)
 
 
 register_quant_method("gguf", GGUFInt4Method)

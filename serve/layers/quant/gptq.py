@@ -22,7 +22,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from serve.kernels import gptq_hook
+from serve.layers.quant import block_call
 from serve.layers.quant.base import register_quant_method
+from serve.layers.quant.block_call import block_kernels_here as _block_kernels
 from serve.layers.quant.blocks import QK, interleave, q4_from_groups
 from serve.layers.quant.int4_cpu import int4_matmul, int4_supported, pack_int4
 from serve.quantize.dequant import dequantize_gptq
@@ -141,10 +143,9 @@ class GPTQMethod(GPTQReferenceMethod):
         if perm is not None:
             codes = codes[:, perm]
         layer.input_perm = perm
-        if device.type == "cpu" and group % QK == 0 and _block_kernels():
+        if group % QK == 0 and _block_kernels():
             # AVX2 block kernel (serve/kernels/cpu): int8 activations, any activation dtype
-            w = interleave(q4_from_groups(codes, scales, zeros, group))
-            layer.block_call = (torch.ops.sluice_cpu.q4_linear, (w.qs, w.d, w.m, w.n))
+            layer.block_call = block_call.kernel_call(interleave(q4_from_groups(codes, scales, zeros, group)))
             return
         layer.int4 = pack_int4(codes, scales, zeros, group, pending.dtype)
 
@@ -157,16 +158,8 @@ class GPTQMethod(GPTQReferenceMethod):
         if layer.input_perm is not None:
             x = x.index_select(-1, layer.input_perm)
         if call is not None:
-            lead = x.shape[:-1]
-            y = call[0](x.reshape(-1, x.shape[-1]), *call[1])
-            return y.reshape(*lead, y.shape[-1])
+            return block_call.run(call, x)
         return int4_matmul(x, layer.int4)
-
-
-def _block_kernels() -> bool:
-    from serve.kernels import cpu
-
-    return cpu.available()
 
 
 register_quant_method("gptq", GPTQMethod)

@@ -14,18 +14,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from serve.layers.quant import block_call
 from serve.layers.quant.base import method_for_role, register_quant_method, register_tied_head
+from serve.layers.quant.block_call import block_kernels_here
 from serve.layers.quant.blocks import interleave, quantize_q8
 from serve.layers.quant.int8 import Int8ReferenceMethod
-
-
-def block_kernels_here() -> bool:
-    """The AVX2 block kernels run where layers are being built (the default device is a CPU)."""
-    if torch.get_default_device().type != "cpu":
-        return False
-    from serve.kernels import cpu
-
-    return cpu.available()
 
 
 class Q8BlockMethod(Int8ReferenceMethod):  # float staging rows as int8's
@@ -35,8 +28,7 @@ class Q8BlockMethod(Int8ReferenceMethod):  # float staging rows as int8's
         w = quantize_q8(layer._staging)
         del layer._staging
         if block_kernels_here():
-            p = interleave(w)
-            layer.block_call = (torch.ops.sluice_cpu.q8_linear, (p.qs, p.d, p.n))
+            layer.block_call = block_call.kernel_call(interleave(w))
         else:
             layer.register_buffer("weight", w.dequantize().to(layer._act_dtype))
 
@@ -44,9 +36,7 @@ class Q8BlockMethod(Int8ReferenceMethod):  # float staging rows as int8's
         call = getattr(layer, "block_call", None)
         if call is None or x.device.type != "cpu":
             return F.linear(x, layer.weight)
-        lead = x.shape[:-1]
-        y = call[0](x.reshape(-1, x.shape[-1]), *call[1])
-        return y.reshape(*lead, y.shape[-1])
+        return block_call.run(call, x)
 
 
 register_quant_method("q8_0", Q8BlockMethod)
