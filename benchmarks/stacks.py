@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import shutil
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -78,21 +77,53 @@ def sluice(backend: str, p: PeerPaths) -> Stack | Skip:
                  description=f"sluice serve --backend {backend} {shown}".strip())
 
 
-def llamacpp(p: PeerPaths) -> Stack | Skip:
-    server = shutil.which("llama-server")
-    if server:
-        argv = [server, "-m", str(p.gguf), "--port", "{port}", "--host", "127.0.0.1", "-np", str(SLOTS),
-                "-c", str(SLOTS * CONTEXT_PER_SEQ), "-t", str(p.threads), "--alias", SERVED_NAME]
-        return Stack("llama.cpp-server", tuple(argv), env=threads_env(p), description=f"llama-server, {SLOTS} slots, {p.threads} threads")
-    if importlib.util.find_spec("llama_cpp") is None:
-        return Skip("llama-cpp-python", "neither llama-server on PATH nor llama-cpp-python installed")
+def _llamacpp_env(p: PeerPaths) -> dict[str, str] | Skip:
+    """Environment that makes a program of the portable llama.cpp build load the CPU variant sluice
+    chose for this machine (GGML_BACKEND_PATH): its own scan would trust CPUID and pick AMX on a VM
+    where AMX faults."""
+    from serve.backends.llamacpp_build import install_dir, is_built
+
+    if not is_built():
+        return Skip("llama-server", "llama.cpp is not built: python -m serve.backends.llamacpp_build")
+    from serve.backends.llamacpp_loader import pick_variant
+
+    _, variant = pick_variant()
+    return {"GGML_BACKEND_PATH": str(variant), "LLAMA_CPP_LIB_PATH": str(install_dir() / "lib"), **threads_env(p)}
+
+
+def llama_server(p: PeerPaths) -> Stack | Skip:
+    """Upstream llama.cpp's own server, built from the same vendored tree as the llamacpp backend."""
+    from serve.backends.llamacpp_build import install_dir
+
+    env = _llamacpp_env(p)
+    if isinstance(env, Skip):
+        return env
+    server = install_dir() / "lib" / "llama-server"
+    argv = [str(server), "-m", str(p.gguf), "--port", "{port}", "--host", "127.0.0.1", "-np", str(SLOTS),
+            "-c", str(SLOTS * CONTEXT_PER_SEQ), "-t", str(p.threads), "--alias", SERVED_NAME, "--no-webui"]
+    variant = Path(env["GGML_BACKEND_PATH"]).stem.removeprefix("libggml-cpu-")
+    return Stack("llama-server", tuple(argv), env=env,
+                 description=f"llama-server (llama.cpp of llama-cpp-python {_llamacpp_version()}, CPU variant "
+                 f"{variant}), {SLOTS} slots, {p.threads} threads")
+
+
+def _llamacpp_version() -> str:
+    from serve.backends.llamacpp_build import version
+
+    return version()
+
+
+def llama_cpp_python(p: PeerPaths) -> Stack | Skip:
+    """llama-cpp-python's own OpenAI server (one sequence at a time), on the same portable build."""
     if importlib.util.find_spec("sse_starlette") is None or importlib.util.find_spec("starlette_context") is None:
-        return Skip("llama-cpp-python", "its server extras are missing: pip install 'llama-cpp-python[server]==0.3.36' "
-                    "(or .[peers])")
+        return Skip("llama-cpp-python", "its server extras are missing: pip install -e '.[peers]'")
+    env = _llamacpp_env(p)
+    if isinstance(env, Skip):
+        return Skip("llama-cpp-python", env.reason)
     argv = [sys.executable, "-m", "llama_cpp.server", "--model", str(p.gguf), "--host", "127.0.0.1",
             "--port", "{port}", "--model_alias", SERVED_NAME, "--n_ctx", str(CONTEXT_PER_SEQ * 2),
             "--n_threads", str(p.threads), "--interrupt_requests", "False"]  # queue, do not cut streams short
-    return Stack("llama-cpp-python", tuple(argv), env=threads_env(p), eos_via_min_tokens=True,
+    return Stack("llama-cpp-python", tuple(argv), env=env, eos_via_min_tokens=True,
                  description=f"python -m llama_cpp.server (one sequence at a time), {p.threads} threads")
 
 
@@ -122,7 +153,9 @@ def _vllm_dtype() -> str:
 
 
 def all_stacks(p: PeerPaths, only: set[str] | None) -> list[Stack | Skip]:
-    stacks = [sluice("llamacpp", p), sluice("native", p), sluice("vllm", p), llamacpp(p), vllm(p)]
+    stacks = [sluice("llamacpp", p), sluice("native", p), sluice("vllm", p), llama_server(p), vllm(p)]
+    if only is not None and "llama-cpp-python" in only:
+        stacks.append(llama_cpp_python(p))
     return [s for s in stacks if only is None or s.name in only or s.name.split("-")[0] in only]
 
 

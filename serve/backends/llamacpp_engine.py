@@ -18,9 +18,12 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import llama_cpp
 import numpy as np
-from llama_cpp import _internals, _logger
+
+from serve.backends.llamacpp_loader import load_llama_cpp
+
+llama_cpp = load_llama_cpp()  # the portable build, CPU variant chosen for this machine
+from llama_cpp import _internals, _logger  # noqa: E402
 
 from serve.backends.llamacpp_spec import PromptLookupConfig, SpecState
 from serve.backends.np_sampler import RowSampler

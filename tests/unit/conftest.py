@@ -20,3 +20,26 @@ def cpu_int4_kernel(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPa
         monkeypatch.setattr(gptq, "_block_kernels", lambda: False)
         monkeypatch.setattr(q8_0, "block_kernels_here", lambda: False)
     return request.param
+
+
+def _isa_ids() -> list[str]:
+    from serve.kernels import cpu
+
+    return [p.name for p in cpu.PATHS]
+
+
+@pytest.fixture(params=_isa_ids())
+def isa_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run a CPU-kernel test once per ISA path (serve.kernels.cpu.PATHS): the path's build is what
+    `cpu.ops()` returns for the test. Paths this CPU cannot run are skipped with what it lacks."""
+    from serve.kernels import cpu
+    from serve.kernels.cpu.features import cpu_info
+
+    path = next(p for p in cpu.PATHS if p.name == request.param)
+    if cpu.unavailable_reason() is not None:
+        pytest.skip(f"CPU kernels cannot run here: {cpu.unavailable_reason()}")
+    if path not in cpu.supported_paths():
+        pytest.skip(f"{path.name} path: this CPU lacks {', '.join(sorted(set(path.needs) - cpu_info().flags))}")
+    ops = cpu.load_path(path.name)
+    monkeypatch.setattr(cpu, "ops", lambda: ops)
+    return path.name

@@ -1,4 +1,4 @@
-"""AVX2 block kernels (serve/kernels/cpu) == a float64 reference of the same arithmetic.
+"""CPU block kernels (serve/kernels/cpu), every ISA path this CPU runs, == a float64 reference of the same arithmetic.
 
 The kernels quantize each activation row to int8 in 32-blocks (scale = max|x| / 127, round half to
 even) and dot it with 4-bit (w = d * q + m) or 8-bit (w = d * q) weight blocks, laid out 8 rows
@@ -16,7 +16,13 @@ from serve.kernels import cpu
 from serve.layers.quant.blocks import QK, Q4Blocks, Q8Blocks, interleave, quantize_q8
 
 pytestmark = pytest.mark.skipif(cpu.unavailable_reason() is not None,
-                                reason=f"AVX2 kernels cannot run here: {cpu.unavailable_reason()}")
+                                reason=f"CPU kernels cannot run here: {cpu.unavailable_reason()}")
+
+
+@pytest.fixture(autouse=True)
+def _every_isa_path(isa_path: str) -> str:
+    """Every test below runs once per ISA path this CPU supports (tests/unit/conftest.py)."""
+    return isa_path
 
 
 def test_kernels_build_where_they_can_run() -> None:

@@ -14,10 +14,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import llama_cpp
 import pytest
 
-from serve.backends.llamacpp_engine import Finished, Job, LlamaCppEngine, LlamaCppOptions
+from serve.backends.llamacpp_engine import Finished, llama_cpp, Job, LlamaCppEngine, LlamaCppOptions
 from serve.backends.llamacpp_spec import PromptLookupConfig
 from serve.sampling_params import SamplingParams
 from tests.unit.model_fixtures import gguf_path
@@ -92,10 +91,12 @@ def _assert_kv_matches(engine: LlamaCppEngine, prompt: list[int], run: Run) -> N
 
 
 def test_greedy_alone_equals_plain(engine: LlamaCppEngine, prompts: dict[str, list[int]]) -> None:
+    # ignore_eos: where greedy decoding meets EOS depends on the CPU's rounding (43 tokens with AVX-512
+    # numerics, past MAX with AVX2); the comparison must reach max_tokens on every CPU.
     for name in ("chat", "raw"):
-        (plain,) = _go(engine, [(prompts[name], _greedy(), False)])
+        (plain,) = _go(engine, [(prompts[name], _greedy(ignore_eos=True), False)])
         before = _accepted(engine)
-        (spec,) = _go(engine, [(prompts[name], _greedy(), True)])
+        (spec,) = _go(engine, [(prompts[name], _greedy(ignore_eos=True), True)])
         assert _accepted(engine) > before, "no draft was accepted: the test would not exercise verify"
         assert spec.tokens == plain.tokens and spec.text == plain.text
         assert spec.finished is not None and spec.finished.reason == "length" == plain.finished.reason

@@ -13,7 +13,9 @@
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
-#include <torch/library.h>
+#include <immintrin.h>
+
+#include "isa.h"
 
 #include <cmath>
 #include <cstdint>
@@ -118,13 +120,13 @@ at::Tensor& rotary_(at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin)
 
 }  // namespace
 
-TORCH_LIBRARY_FRAGMENT(sluice_cpu, m) {
+SLUICE_FRAGMENT(m) {
   m.def("add_rms_norm(Tensor x, Tensor? residual, Tensor weight, float eps) -> (Tensor, Tensor)");
   m.def("silu_and_mul(Tensor x) -> Tensor");
   m.def("rotary_(Tensor(a!) x, Tensor cos, Tensor sin) -> Tensor(a!)");
 }
 
-TORCH_LIBRARY_IMPL(sluice_cpu, CPU, m) {
+SLUICE_IMPL(m) {
   m.impl("add_rms_norm", &add_rms_norm);
   m.impl("silu_and_mul", &silu_and_mul);
   m.impl("rotary_", &rotary_);

@@ -19,6 +19,8 @@
 
 #include <immintrin.h>
 
+#include "isa.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -192,9 +194,9 @@ at::Tensor paged_decode_attention(const at::Tensor& q, at::Tensor k_cache, at::T
 
 }  // namespace
 
-TORCH_LIBRARY_FRAGMENT(sluice_cpu, m) {
+SLUICE_FRAGMENT(m) {
   m.def("paged_decode_attention(Tensor q, Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor tables, Tensor lens, "
         "float scale, Tensor? k_new=None, Tensor? v_new=None, Tensor? slots=None) -> Tensor");
 }
 
-TORCH_LIBRARY_IMPL(sluice_cpu, CPU, m) { m.impl("paged_decode_attention", &paged_decode_attention); }
+SLUICE_IMPL(m) { m.impl("paged_decode_attention", &paged_decode_attention); }

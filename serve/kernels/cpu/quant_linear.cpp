@@ -1,4 +1,4 @@
-// Block-quantized linear layers for x86 CPUs with AVX2: y = x @ W.T with W in 32-weight blocks.
+// Block-quantized linear layers for x86 CPUs with AVX2 (VNNI where built for it, see isa.h): y = x @ W.T with W in 32-weight blocks.
 //
 // Small-batch decode on a CPU is bound by the bytes of weight read per token. These kernels read
 // 4-bit or 8-bit weight blocks directly and never materialise a float weight: each activation row is
@@ -23,9 +23,9 @@
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
-#include <torch/library.h>
-
 #include <immintrin.h>
+
+#include "isa.h"
 
 #include <algorithm>
 #include <cmath>
@@ -80,11 +80,22 @@ void quantize_rows(const T* x, int64_t m, int64_t k, QuantizedActivations& out) 
 inline void dot_q4x8(const uint8_t* qs, const uint16_t* d, const uint16_t* m, int64_t nb, const int8_t* xq,
                      const float* xs, const float* xsum, float* out8) {
   const __m256i low4 = _mm256_set1_epi8(0x0F);
-  const __m256i ones = _mm256_set1_epi16(1);
   __m256 acc = _mm256_setzero_ps(), acc_min = _mm256_setzero_ps();
   for (int64_t b = 0; b < nb; ++b) {
     const uint8_t* w = qs + b * 128;
     const int8_t* xb = xq + b * QK;
+    __m256i p32;
+#if SLUICE_VNNI
+    p32 = _mm256_setzero_si256();
+    for (int k = 0; k < 4; ++k) {
+      const __m256i p = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + 32 * k));
+      int32_t xlo, xhi;
+      std::memcpy(&xlo, xb + 4 * k, 4);
+      std::memcpy(&xhi, xb + 4 * (k + 4), 4);
+      p32 = dpbusd(p32, _mm256_and_si256(p, low4), _mm256_set1_epi32(xlo));
+      p32 = dpbusd(p32, _mm256_and_si256(_mm256_srli_epi16(p, 4), low4), _mm256_set1_epi32(xhi));
+    }
+#else
     __m256i s_lo = _mm256_setzero_si256(), s_hi = _mm256_setzero_si256();
     for (int k = 0; k < 4; ++k) {
       const __m256i p = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + 32 * k));
@@ -96,7 +107,8 @@ inline void dot_q4x8(const uint8_t* qs, const uint16_t* d, const uint16_t* m, in
       s_hi = _mm256_add_epi16(s_hi, _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(p, 4), low4),
                                                           _mm256_set1_epi32(xhi)));
     }
-    const __m256i p32 = _mm256_madd_epi16(_mm256_add_epi16(s_lo, s_hi), ones);
+    p32 = _mm256_madd_epi16(_mm256_add_epi16(s_lo, s_hi), _mm256_set1_epi16(1));
+#endif
     const __m256 dv = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(d + b * 8)));
     const __m256 mv = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(m + b * 8)));
     acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p32), _mm256_mul_ps(dv, _mm256_set1_ps(xs[b])), acc);
@@ -109,7 +121,6 @@ inline void dot_q4x8(const uint8_t* qs, const uint16_t* d, const uint16_t* m, in
 // Eight rows of a Q8 weight (one row group) against one quantized activation row.
 inline void dot_q8x8(const int8_t* qs, const uint16_t* d, int64_t nb, const int8_t* xq, const float* xs,
                      float* out8) {
-  const __m256i ones = _mm256_set1_epi16(1);
   __m256 acc = _mm256_setzero_ps();
   for (int64_t b = 0; b < nb; ++b) {
     const int8_t* w = qs + b * 256;
@@ -119,8 +130,8 @@ inline void dot_q8x8(const int8_t* qs, const uint16_t* d, int64_t nb, const int8
       const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + 32 * c));
       int32_t xc;
       std::memcpy(&xc, xb + 4 * c, 4);
-      const __m256i p = _mm256_maddubs_epi16(_mm256_sign_epi8(wv, wv), _mm256_sign_epi8(_mm256_set1_epi32(xc), wv));
-      s32 = _mm256_add_epi32(s32, _mm256_madd_epi16(p, ones));
+      // |w| (unsigned) times x with w's sign: the same products, in the u8 x s8 form the dot needs.
+      s32 = dpbusd(s32, _mm256_sign_epi8(wv, wv), _mm256_sign_epi8(_mm256_set1_epi32(xc), wv));
     }
     const __m256 dv = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(d + b * 8)));
     acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s32), _mm256_mul_ps(dv, _mm256_set1_ps(xs[b])), acc);
@@ -219,12 +230,12 @@ at::Tensor q8_linear(const at::Tensor& x_in, const at::Tensor& qs, const at::Ten
 
 }  // namespace
 
-TORCH_LIBRARY(sluice_cpu, m) {
+SLUICE_LIBRARY(m) {
   m.def("q4_linear(Tensor x, Tensor qs, Tensor d, Tensor m, int n) -> Tensor");
   m.def("q8_linear(Tensor x, Tensor qs, Tensor d, int n) -> Tensor");
 }
 
-TORCH_LIBRARY_IMPL(sluice_cpu, CPU, m) {
+SLUICE_IMPL(m) {
   m.impl("q4_linear", &q4_linear);
   m.impl("q8_linear", &q8_linear);
 }

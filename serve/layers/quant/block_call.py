@@ -26,9 +26,12 @@ def block_kernels_here() -> bool:
 
 
 def kernel_call(w: Q4x8 | Q8x8) -> KernelCall:
+    from serve.kernels import cpu
+
+    ops = cpu.ops()  # the ISA path chosen for this CPU
     if isinstance(w, Q4x8):
-        return torch.ops.sluice_cpu.q4_linear, (w.qs, w.d, w.m, w.n)
-    return torch.ops.sluice_cpu.q8_linear, (w.qs, w.d, w.n)
+        return ops.q4_linear, (w.qs, w.d, w.m, w.n)
+    return ops.q8_linear, (w.qs, w.d, w.n)
 
 
 def run(call: KernelCall, x: torch.Tensor) -> torch.Tensor:
