@@ -32,7 +32,39 @@ def machine_info() -> dict[str, Any]:
         "hostname": platform.node(),
         # Other work on a shared machine skews everything: record how busy it was when the result was built.
         "load_avg_1m": round(os.getloadavg()[0], 2),
+        # A ratio holds for the CPU it was measured on: its ISA extensions and the paths chosen for it.
+        "cpu_flags": isa_flags(),
+        "code_paths": code_paths(),
     }
+
+
+_ISA_PREFIXES = ("avx", "amx", "fma", "f16c", "bmi", "sse4", "vnni")
+
+
+def isa_flags() -> list[str]:
+    from serve.kernels.cpu.features import cpu_info
+
+    return sorted(f for f in cpu_info().flags if f.startswith(_ISA_PREFIXES))
+
+
+def code_paths() -> dict[str, str]:
+    """Which CPU code path each engine takes on this machine (chosen at run time, never at build)."""
+    out: dict[str, str] = {}
+    try:
+        from serve.kernels import cpu
+
+        chosen = cpu.choose_path() if cpu.unavailable_reason() is None else None
+        out["sluice_cpu_kernels"] = chosen.name if chosen else f"off ({cpu.unavailable_reason()})"
+        from serve.kernels.cpu.amx_probe import amx_usable
+
+        out["amx"] = amx_usable().reason
+        from serve.backends.llamacpp_build import is_built
+        from serve.backends.llamacpp_loader import pick_variant
+
+        out["llama_cpp_cpu_variant"] = pick_variant()[0].name if is_built() else "not built"
+    except Exception as e:  # a record must still be written where a probe fails
+        out["error"] = f"{type(e).__name__}: {e}"
+    return out
 
 
 def git_commit(repo: Path | None = None) -> str | None:

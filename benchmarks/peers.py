@@ -39,6 +39,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--level-time-limit", type=float, default=240.0,
                    help="seconds per concurrency level after which no new request is sent")
     p.add_argument("--endpoint", choices=("completions", "chat"), default="completions")
+    p.add_argument("--temperature", type=float, default=0.0,
+                   help="0 = greedy; vLLM's own bench client sends none, so servers sample at 1.0")
     p.add_argument("--threads", type=int, default=1,
                    help="compute threads for every stack (llama.cpp flags, OMP_NUM_THREADS); 1 is robust on a "
                         "shared machine, use the core count on a quiet one")
@@ -56,7 +58,7 @@ def bench_config(a: argparse.Namespace, stack: Stack, base_url: str) -> Any:
 
     extra = {"min_tokens": a.output_len} if stack.eos_via_min_tokens else {}
     target = Target(base_url=normalize_base_url(base_url), model=SERVED_NAME, endpoint=a.endpoint,
-                    ignore_eos=True, extra_body=extra)
+                    ignore_eos=True, extra_body=extra, temperature=a.temperature)
     return BenchConfig(
         target=target, dataset=DatasetSpec("random", a.min_requests, a.input_len, a.output_len),
         load=LoadSpec(kind="concurrency", time_limit_s=a.level_time_limit), warmup=a.warmup, label=stack.name,

@@ -33,7 +33,8 @@ def readme(results: Sequence[dict[str, Any]], names: Sequence[str], skipped: Seq
     machine = results[0]["machine"] if results else {}
     lines = [
         "# `sluice bench peers`\n",
-        f"Model: SmolLM2-135M-Instruct (bundled GGUF Q4_1; vLLM runs the bf16 weights dequantized from it). "
+        f"Model: SmolLM2-135M-Instruct (bundled GGUF Q4_1; vLLM runs weights dequantized from it, dtype in its "
+        f"line below). "
         f"Workload: random {a.input_len} input / {a.output_len} output tokens, ignore_eos, {a.endpoint} endpoint, "
         f"streaming; concurrency {a.concurrency_levels}; max({a.min_requests}, "
         f"{a.requests_per_concurrency} x concurrency) requests per level, fresh prompts per level, "
@@ -42,6 +43,9 @@ def readme(results: Sequence[dict[str, Any]], names: Sequence[str], skipped: Seq
     if machine:
         lines.append(f"Machine: {machine['cpu_model']}, {machine['cores_logical']} logical cores, "
                      f"{machine['ram_gib']} GiB RAM. Commit: {results[0]['git_commit']}.\n")
+        if machine.get("cpu_flags"):
+            lines.append(f"CPU ISA flags: {' '.join(machine['cpu_flags'])}. Code paths chosen at run time: "
+                         f"{', '.join(f'{k} = {v}' for k, v in machine.get('code_paths', {}).items())}.\n")
     busy = [r["machine"].get("load_avg_1m") or 0.0 for r in results]
     if machine and busy and max(busy) > 0.75 * (machine.get("cores_logical") or 1):
         lines.append(f"\n**Caveat: the machine was busy with other work during this run** (1-minute load "

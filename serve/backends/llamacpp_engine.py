@@ -11,6 +11,7 @@ as llama-server does). The loop runs in its own thread; llama.cpp releases the G
 from __future__ import annotations
 
 import ctypes
+import importlib
 import logging
 import threading
 import time
@@ -21,16 +22,15 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from serve.backends.llamacpp_loader import load_llama_cpp
-
-llama_cpp = load_llama_cpp()  # the portable build, CPU variant chosen for this machine
-from llama_cpp import _internals, _logger  # noqa: E402
-
 from serve.backends.llamacpp_spec import PromptLookupConfig, SpecState
 from serve.backends.np_sampler import RowSampler
 from serve.backends.text_stream import TextStream
 from serve.sampling_params import SamplingParams
 from serve.spec_decode.stats import SpecDecodeStats
 
+llama_cpp = load_llama_cpp()  # the portable build, CPU variant chosen for this machine
+_internals = importlib.import_module("llama_cpp._internals")
+_logger = importlib.import_module("llama_cpp._logger")
 log = logging.getLogger("sluice.llamacpp")
 
 

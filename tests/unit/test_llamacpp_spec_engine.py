@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from serve.backends.llamacpp_engine import Finished, llama_cpp, Job, LlamaCppEngine, LlamaCppOptions
+from serve.backends.llamacpp_engine import Finished, Job, LlamaCppEngine, LlamaCppOptions, llama_cpp
 from serve.backends.llamacpp_spec import PromptLookupConfig
 from serve.sampling_params import SamplingParams
 from tests.unit.model_fixtures import gguf_path
