@@ -42,7 +42,7 @@ _ISA_PREFIXES = ("avx", "amx", "fma", "f16c", "bmi", "sse4", "vnni")
 
 
 def isa_flags() -> list[str]:
-    from serve.kernels.cpu.features import cpu_info
+    from sluice_kernels.cpu.features import cpu_info
 
     return sorted(f for f in cpu_info().flags if f.startswith(_ISA_PREFIXES))
 
@@ -51,11 +51,11 @@ def code_paths() -> dict[str, str]:
     """Which CPU code path each engine takes on this machine (chosen at run time, never at build)."""
     out: dict[str, str] = {}
     try:
-        from serve.kernels import cpu
+        from sluice_kernels import cpu
 
         chosen = cpu.choose_path() if cpu.unavailable_reason() is None else None
         out["sluice_cpu_kernels"] = chosen.name if chosen else f"off ({cpu.unavailable_reason()})"
-        from serve.kernels.cpu.amx_probe import amx_usable
+        from sluice_kernels.cpu.amx_probe import amx_usable
 
         out["amx"] = amx_usable().reason
         from serve.backends.llamacpp_build import is_built

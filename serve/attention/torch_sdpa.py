@@ -12,7 +12,7 @@ How the paged cache is read, and why its cost follows the tokens attended, not t
     longest, so padded rows are less than twice the rows attended.
   * Grouped-query attention without repeating K/V: the g = Hq / Hkv query heads that share a KV head
     are folded into the query-length axis, q: [G, Hkv, q_len * g, D] against K: [G, Hkv, L, D].
-  * Decode groups (q_len == 1) on a CPU where serve/kernels/cpu builds skip the gather and SDPA:
+  * Decode groups (q_len == 1) on a CPU where kernels/sluice_kernels/cpu builds skip the gather and SDPA:
     `paged_decode_attention` reads each sequence's slots through its block table in place. Besides
     saving ~90 us per layer at batch 1, it makes a decode row's result independent of the batch
     around it (SDPA's result depends on the group's padded length), so greedy n > 1 samples and a
@@ -179,6 +179,6 @@ class TorchSDPABackend:
 def _cpu_decode_kernel(device: torch.device):  # noqa: ANN202 - the kernel function or None
     if device.type != "cpu":
         return None
-    from serve.kernels import cpu
+    from sluice_kernels import cpu
 
     return cpu.paged_decode_attention if cpu.available() else None

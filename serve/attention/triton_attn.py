@@ -1,4 +1,4 @@
-"""Paged attention with our Triton kernel (serve/kernels/triton_paged_attention.py).
+"""Paged attention with our Triton kernel (kernels/sluice_kernels/triton_paged_attention.py).
 
 One kernel launch per layer covers the whole packed batch (decodes, fresh prefills and prefill
 chunks alike): this step's K/V are scattered into the cache first, then every query reads its
@@ -31,7 +31,7 @@ class TritonMetadata:
 
 def _load_kernels():
     try:
-        return importlib.import_module("serve.kernels.triton_paged_attention")
+        return importlib.import_module("sluice_kernels.triton_paged_attention")
     except ImportError as e:
         raise ValueError("attention backend triton needs the triton package (pip install 'sluice[cuda]')") from e
 
@@ -41,7 +41,7 @@ class TritonAttnBackend:
 
     def __init__(self, device: torch.device, block_size: int = 16) -> None:
         self._kernels = _load_kernels()
-        from serve.kernels.common import interpreting
+        from sluice_kernels.common import interpreting
 
         if device.type != "cuda" and not interpreting(self._kernels._paged_attn_kernel):
             raise ValueError("the triton attention backend needs a CUDA device (or TRITON_INTERPRET=1 for "

@@ -16,8 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
+from sluice_kernels.cpu.features import AVX2, AVX512, CpuInfo, cpu_info
+
 from serve.backends.llamacpp_build import install_dir, is_built
-from serve.kernels.cpu.features import AVX2, AVX512, CpuInfo, cpu_info
 
 log = logging.getLogger("sluice.llamacpp")
 
@@ -69,7 +70,7 @@ def built_variants(cpu_dir: Path) -> set[str]:
 
 
 def pick_variant(dest: Path | None = None) -> tuple[VariantChoice, Path]:
-    from serve.kernels.cpu.amx_probe import amx_usable
+    from sluice_kernels.cpu.amx_probe import amx_usable
 
     cpu_dir = (dest or install_dir()) / "cpu"
     built = built_variants(cpu_dir)

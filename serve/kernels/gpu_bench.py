@@ -28,7 +28,8 @@ def _gptq_case(n: int, k: int, group: int, dev: torch.device):
 
 
 def check_gptq(m: int, n: int, k: int, dtype: torch.dtype, dev: torch.device, time_it: bool) -> bool:
-    from serve.kernels.triton_gptq import gptq_matmul
+    from sluice_kernels.triton_gptq import gptq_matmul
+
     from serve.quantize.dequant import dequantize_gptq
 
     qw, qz, sc, gi = _gptq_case(n, k, 64, dev)  # SmolLM2's hidden 576 = 9 groups of 64

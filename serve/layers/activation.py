@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-
-from serve.kernels import cpu as cpu_kernels
+from sluice_kernels import cpu as cpu_kernels
 
 
 def silu_and_mul(x: torch.Tensor) -> torch.Tensor:

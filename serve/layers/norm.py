@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import torch
+from sluice_kernels import cpu as cpu_kernels
 from torch import nn
-
-from serve.kernels import cpu as cpu_kernels
 
 
 class RMSNorm(nn.Module):

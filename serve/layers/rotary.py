@@ -9,9 +9,9 @@ from __future__ import annotations
 import math
 
 import torch
+from sluice_kernels import cpu as cpu_kernels
 from torch import nn
 
-from serve.kernels import cpu as cpu_kernels
 from serve.models.config import RopeScaling
 
 

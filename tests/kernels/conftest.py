@@ -17,7 +17,7 @@ from collections.abc import Iterator
 
 import pytest
 
-KERNEL_MODULES = ("serve.kernels.common", "serve.kernels.triton_gptq", "serve.kernels.triton_paged_attention")
+KERNEL_MODULES = ("sluice_kernels.common", "sluice_kernels.triton_gptq", "sluice_kernels.triton_paged_attention")
 
 
 def _triton_is_interpreted() -> bool:

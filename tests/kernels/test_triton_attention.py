@@ -12,9 +12,9 @@ import random
 
 import pytest
 import torch
+from sluice_kernels.triton_paged_attention import paged_attention, reference_paged_attention, tile_config
 
 from serve.attention.base import default_backend, get_backend
-from serve.kernels.triton_paged_attention import paged_attention, reference_paged_attention, tile_config
 from serve.worker.forward_context import build_context
 
 HQ, HKV, D = 6, 2, 32

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from sluice_kernels import triton_gptq
+from sluice_kernels.triton_gptq import gptq_matmul
 from torch import nn
 
-from serve.kernels import triton_gptq
-from serve.kernels.triton_gptq import gptq_matmul
 from serve.layers.quant.gptq import GPTQReferenceMethod, GPTQShard
 from serve.quantize.dequant import dequantize_gptq
 from serve.quantize.packing import pack_qweight, pack_qzeros

@@ -10,7 +10,8 @@ def cpu_int4_kernel(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPa
     """Run a GPTQ test through each CPU int4 kernel: the AVX2 block kernel (int8 activations; the tied
     head then runs as Q8_0 blocks) and torch's int4 kernel (exact float activations, float head).
     Yields the kernel's name."""
-    from serve.kernels import cpu
+    from sluice_kernels import cpu
+
     from serve.layers.quant import gptq, q8_0
 
     if request.param == "avx2-blocks":
@@ -23,17 +24,17 @@ def cpu_int4_kernel(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPa
 
 
 def _isa_ids() -> list[str]:
-    from serve.kernels import cpu
+    from sluice_kernels import cpu
 
     return [p.name for p in cpu.PATHS]
 
 
 @pytest.fixture(params=_isa_ids())
 def isa_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Run a CPU-kernel test once per ISA path (serve.kernels.cpu.PATHS): the path's build is what
+    """Run a CPU-kernel test once per ISA path (sluice_kernels.cpu.PATHS): the path's build is what
     `cpu.ops()` returns for the test. Paths this CPU cannot run are skipped with what it lacks."""
-    from serve.kernels import cpu
-    from serve.kernels.cpu.features import cpu_info
+    from sluice_kernels import cpu
+    from sluice_kernels.cpu.features import cpu_info
 
     path = next(p for p in cpu.PATHS if p.name == request.param)
     if cpu.unavailable_reason() is not None:

@@ -1,4 +1,4 @@
-"""CPU block kernels (serve/kernels/cpu), every ISA path this CPU runs, == a float64 reference of the same arithmetic.
+"""CPU block kernels (kernels/sluice_kernels/cpu), every ISA path this CPU runs, == a float64 reference of the same arithmetic.
 
 The kernels quantize each activation row to int8 in 32-blocks (scale = max|x| / 127, round half to
 even) and dot it with 4-bit (w = d * q + m) or 8-bit (w = d * q) weight blocks, laid out 8 rows
@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from sluice_kernels import cpu
 
-from serve.kernels import cpu
 from serve.layers.quant.blocks import QK, Q4Blocks, Q8Blocks, interleave, quantize_q8
 
 pytestmark = pytest.mark.skipif(cpu.unavailable_reason() is not None,

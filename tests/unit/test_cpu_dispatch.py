@@ -7,10 +7,10 @@ import signal
 import sys
 
 import pytest
+from sluice_kernels.cpu import amx_probe
+from sluice_kernels.cpu.features import CpuInfo, cpu_info, parse_cpuinfo
 
 from serve.backends.llamacpp_loader import VARIANTS, choose_variant
-from serve.kernels.cpu import amx_probe
-from serve.kernels.cpu.features import CpuInfo, cpu_info, parse_cpuinfo
 
 _BASE = "fpu sse sse2 ssse3 sse4_1 sse4_2 avx f16c fma avx2 bmi1 bmi2 popcnt"
 _AVX512 = "avx512f avx512cd avx512vl avx512dq avx512bw"

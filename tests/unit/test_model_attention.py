@@ -11,9 +11,9 @@ import random
 
 import pytest
 import torch
+from sluice_kernels import cpu as cpu_kernels
 
 from serve.attention.base import get_backend
-from serve.kernels import cpu as cpu_kernels
 from serve.worker.forward_context import build_context
 
 HQ, HKV, D, BS, NB = 6, 2, 16, 4, 64

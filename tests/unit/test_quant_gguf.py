@@ -10,8 +10,8 @@ import pytest
 import torch
 from gguf import quants
 from gguf.constants import GGMLQuantizationType
+from sluice_kernels import cpu as cpu_kernels
 
-from serve.kernels import cpu as cpu_kernels
 from serve.layers.quant import gguf as gguf_method
 from serve.layers.quant.blocks import Q8Blocks, Q8x8, from_ggml
 from serve.layers.quant.gguf import Q4_0, Q4_1, Q8_0, int4_affine

@@ -83,8 +83,8 @@ def test_bundled_gguf_auto_is_gguf_int4() -> None:
 
 def test_auto_on_a_float32_cpu_picks_the_block_kernels_or_int8_with_bf16_activations(monkeypatch) -> None:
     import torch
+    from sluice_kernels import cpu as cpu_kernels
 
-    from serve.kernels import cpu as cpu_kernels
     from serve.layers.quant.checkpoint_loading import auto_quant
 
     cpu = torch.device("cpu")

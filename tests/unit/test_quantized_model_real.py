@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from sluice_kernels import cpu as cpu_kernels
 
-from serve.kernels import cpu as cpu_kernels
 from tests.unit.model_fixtures import gguf_path, quantized_kernel_layers
 
 pytestmark = pytest.mark.slow

@@ -1,4 +1,4 @@
-"""The one way a quant method runs a weight through the AVX2 block kernels (serve/kernels/cpu).
+"""The one way a quant method runs a weight through the AVX2 block kernels (kernels/sluice_kernels/cpu).
 
 `block_kernels_here()` says whether layers being built now (on the default device) can use them;
 `kernel_call(w)` binds an interleaved weight to its kernel once at load, and `run(call, x)` applies it
@@ -20,13 +20,13 @@ KernelCall = tuple[Callable[..., torch.Tensor], tuple[Any, ...]]
 def block_kernels_here() -> bool:
     if torch.get_default_device().type != "cpu":
         return False
-    from serve.kernels import cpu
+    from sluice_kernels import cpu
 
     return cpu.available()
 
 
 def kernel_call(w: Q4x8 | Q8x8) -> KernelCall:
-    from serve.kernels import cpu
+    from sluice_kernels import cpu
 
     ops = cpu.ops()  # the ISA path chosen for this CPU
     if isinstance(w, Q4x8):

@@ -5,7 +5,7 @@ j and element j + 16 in its high nibble (ggml's Q4_0 / Q4_1 byte order). `Q8Bloc
 q in [-127, 127] (ggml's Q8_0). Scales are float16, one per block, as in GGUF, so a GGUF tensor
 becomes one of these without touching its codes. Each has `dequantize()`, the plain-PyTorch
 reference the kernels are tested against, and `cat` for fused (QKV, gate/up) layers.
-`interleave` lays them out for serve/kernels/cpu/quant_linear.cpp (8 rows side by side per block).
+`interleave` lays them out for kernels/sluice_kernels/cpu/quant_linear.cpp (8 rows side by side per block).
 """
 
 from __future__ import annotations
@@ -97,7 +97,7 @@ def q4_from_groups(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tenso
 
 @dataclass(frozen=True)
 class Q4x8:
-    """Q4 blocks of 8 rows interleaved for `q4_linear` (layout in serve/kernels/cpu/quant_linear.cpp):
+    """Q4 blocks of 8 rows interleaved for `q4_linear` (layout in kernels/sluice_kernels/cpu/quant_linear.cpp):
     qs [G, K/32, 128] uint8, d and m [G, K/32, 8] float16, G = ceil(n / 8)."""
 
     qs: torch.Tensor

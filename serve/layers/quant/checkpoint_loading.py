@@ -56,11 +56,11 @@ def auto_quant(fmt: str | None, device: torch.device | None = None, dtype: torch
     blocks), else float.
 
     Exception: a GGUF file on a CPU running float32 activations where the AVX2 block kernels cannot
-    run (serve/kernels/cpu: no AVX2, no compiler) goes to per-channel int8 weights with bf16
+    run (kernels/sluice_kernels/cpu: no AVX2, no compiler) goes to per-channel int8 weights with bf16
     activations at the matmul (`int8_bf16act`): torch's own int4 kernel with float32 activations is
     13x slower than with bf16 (1.78 vs 0.14 ms for [1, 576] x [576, 3072] on an AVX2-only CPU)."""
     if fmt == "gguf" and device is not None and device.type == "cpu" and dtype == torch.float32:
-        from serve.kernels import cpu
+        from sluice_kernels import cpu
 
         return "gguf" if cpu.available() else "int8_bf16act"
     return fmt or "none"

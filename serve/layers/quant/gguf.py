@@ -2,7 +2,7 @@
 
 ggml's Q4_0 / Q4_1 / Q8_0 tensors arrive as `Q4Blocks` / `Q8Blocks` (serve/layers/quant/blocks.py:
 codes untouched, f16 scales). On an x86 CPU with AVX2 the layer keeps them as they are and runs the
-block kernels of serve/kernels/cpu (activations quantized per 32-block to int8, as llama.cpp does),
+block kernels of kernels/sluice_kernels/cpu (activations quantized per 32-block to int8, as llama.cpp does),
 so the engine reads the same 4.5-8.5 bits per weight llama.cpp does. Without those kernels, Q4
 layers are repacked for PyTorch's int4 kernel (w = (q - 8) * scale + offset, group 32) and Q8
 layers dequantized. Tensors of any other type (F32/F16, K-quants) are dequantized and logged. A

@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+from sluice_kernels import gptq_hook
 from torch import nn
 
-from serve.kernels import gptq_hook
 from serve.layers.quant import block_call
 from serve.layers.quant.base import register_quant_method
 from serve.layers.quant.block_call import block_kernels_here as _block_kernels
@@ -130,7 +130,7 @@ class GPTQMethod(GPTQReferenceMethod):
         same_gidx = all(torch.equal(p.g_idx, parts[0].g_idx) for p in parts)
         device = torch.get_default_device()
         if device.type == "cuda" and bits == 4 and gptq_hook.attach(layer, parts, pending.out_features):
-            return  # packed as in the checkpoint for the Triton dequant-GEMM (serve/kernels/triton_gptq.py)
+            return  # packed as in the checkpoint for the Triton dequant-GEMM (kernels/sluice_kernels/triton_gptq.py)
         if bits != 4 or not same_gidx or not int4_supported(pending.out_features, k, group, device):
             log.info("GPTQ layer [%d, %d] (bits=%d, group=%d) has no int4 kernel here; using dequantized weights",
                      pending.out_features, k, bits, group)
@@ -144,7 +144,7 @@ class GPTQMethod(GPTQReferenceMethod):
             codes = codes[:, perm]
         layer.input_perm = perm
         if group % QK == 0 and _block_kernels():
-            # AVX2 block kernel (serve/kernels/cpu): int8 activations, any activation dtype
+            # AVX2 block kernel (kernels/sluice_kernels/cpu): int8 activations, any activation dtype
             layer.block_call = block_call.kernel_call(interleave(q4_from_groups(codes, scales, zeros, group)))
             return
         layer.int4 = pack_int4(codes, scales, zeros, group, pending.dtype)

@@ -1,5 +1,5 @@
 """Q8_0 at load (quant method "q8_0"): float rows -> int8 codes in 32-weight blocks with an f16 scale
-each (ggml's Q8_0 rule), run by the AVX2 block kernel on CPU (serve/kernels/cpu, int8 activations
+each (ggml's Q8_0 rule), run by the AVX2 block kernel on CPU (kernels/sluice_kernels/cpu, int8 activations
 per 32-block). Blocks track local ranges, so it is closer to float than per-channel int8. Without
 the kernels (other CPUs, CUDA) the layer keeps the dequantized weight and uses F.linear: the
 reference the kernel is tested against.

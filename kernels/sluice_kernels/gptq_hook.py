@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 def attach(layer: nn.Module, parts: list[Any], out_features: int) -> bool:
     """Keep the layer's GPTQ shards packed for the kernel; False when it cannot take them."""
     try:
-        from serve.kernels import triton_gptq
+        from sluice_kernels import triton_gptq
     except ImportError:
         log.info("triton is not installed; GPTQ layers on CUDA use dequantized weights")
         return False
@@ -28,6 +28,6 @@ def attach(layer: nn.Module, parts: list[Any], out_features: int) -> bool:
 
 def apply(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """x [..., K] -> [..., N] for a layer `attach` accepted."""
-    from serve.kernels import triton_gptq
+    from sluice_kernels import triton_gptq
 
     return triton_gptq.apply(layer, x)

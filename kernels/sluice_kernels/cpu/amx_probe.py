@@ -21,7 +21,7 @@ import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from serve.kernels.cpu.features import CpuInfo, cpu_info
+from sluice_kernels.cpu.features import CpuInfo, cpu_info
 
 log = logging.getLogger(__name__)
 _SOURCE = Path(__file__).with_name("amx_probe.c")

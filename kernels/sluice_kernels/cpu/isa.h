@@ -1,6 +1,6 @@
 // Which instruction-set path this build of the kernels is, and the op namespace it registers.
 //
-// The same sources are compiled once per ISA path (serve/kernels/cpu/__init__.py: one set of -m flags
+// The same sources are compiled once per ISA path (kernels/sluice_kernels/cpu/__init__.py: one set of -m flags
 // and one namespace each, e.g. torch.ops.sluice_cpu_avx2 / torch.ops.sluice_cpu_avx512_vnni), so
 // several paths can sit in one process: the engine loads the best one the CPU allows and the tests
 // compare every path the machine supports against the same reference.

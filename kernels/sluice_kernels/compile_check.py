@@ -1,6 +1,6 @@
 """Compile every kernel configuration the launchers choose for real NVIDIA targets, no GPU needed.
 
-    python -m serve.kernels.compile_check [--arch 80 90] [--quick]
+    python -m sluice_kernels.compile_check [--arch 80 90] [--quick]
 
 Triton's wheel ships LLVM and ptxas, so `triton.compile` for a `GPUTarget` goes TTIR -> TTGIR -> PTX
 -> cubin on a CPU-only machine. The interpreter accepts code the compiler rejects (and the reverse),
@@ -22,8 +22,8 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from serve.kernels import triton_gptq, triton_paged_attention
-from serve.kernels.common import dot_config
+from sluice_kernels import triton_gptq, triton_paged_attention
+from sluice_kernels.common import dot_config
 
 PTR = {torch.float16: "*fp16", torch.bfloat16: "*bf16", torch.float32: "*fp32"}
 

@@ -26,7 +26,7 @@ import triton
 import triton.language as tl
 from torch import nn
 
-from serve.kernels.common import dot_config, interpreting
+from sluice_kernels.common import dot_config, interpreting
 
 
 @triton.jit

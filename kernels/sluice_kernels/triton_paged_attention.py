@@ -28,7 +28,7 @@ import torch
 import triton
 import triton.language as tl
 
-from serve.kernels.common import dot_config, interpreting
+from sluice_kernels.common import dot_config, interpreting
 
 _LOG2E = 1.4426950408889634
 
