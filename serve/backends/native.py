@@ -58,11 +58,11 @@ class NativeBackend:
 
         path = await asyncio.to_thread(model_store.resolve, self.spec.model)
         config = EngineConfig.from_options(str(path), self.spec.options)
-        llm = await asyncio.to_thread(LLMEngine.from_config, config)
+        # Loaded on the engine thread, which then runs every step: one OpenMP master (async_engine.py).
+        self.engine = await AsyncEngine.launch(lambda: LLMEngine.from_config(config))
+        llm = self.engine.engine
         self.tokenizer = llm.runner.tokenizer
         self._texts = TokenTexts(self.tokenizer)
-        self.engine = AsyncEngine(llm)
-        self.engine.start()
         # The context a request can really get: the model's limit or the whole KV cache, if smaller
         # (+1: the last sampled token needs no KV slot). The HTTP layer fills max_tokens from this.
         cache_len = llm.runner.num_blocks * llm.runner.block_size + 1

@@ -83,3 +83,45 @@ def test_rejection_raises_at_add_and_stop_ends_open_streams_with_abort() -> None
         rest = [o async for o in stream]
         assert rest and rest[-1].finish_reason in ("abort", "length")
     asyncio.run(main())
+
+
+class ThreadRecordingRunner(SlowRunner):
+    """FAKE runner that records which thread built it and which thread runs its steps."""
+
+    def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        import threading
+
+        super().__init__(*args, **kwargs)
+        self.built_on = threading.get_ident()
+        self.stepped_on: set[int] = set()
+
+    def execute(self, batch):  # type: ignore[no-untyped-def]
+        import threading
+
+        self.stepped_on.add(threading.get_ident())
+        return super().execute(batch)
+
+
+def test_launch_builds_and_steps_on_one_thread_off_the_loop() -> None:
+    """One thread loads the model and runs every step (one OpenMP master), and it is not the loop's."""
+    import threading
+
+    async def main() -> None:
+        eng = await AsyncEngine.launch(lambda: LLMEngine(ThreadRecordingRunner(64, block_size=4), SchedulerConfig()))
+        runner = eng.engine.runner
+        out = await collect(eng.add_request("a", [1, 2, 3], SamplingParams(max_tokens=4, ignore_eos=True)))
+        assert out == {0: reference_continuation([1, 2, 3], 4)}
+        assert runner.stepped_on == {runner.built_on}
+        assert runner.built_on != threading.get_ident()
+        await eng.stop()
+    asyncio.run(main())
+
+
+def test_launch_reports_a_failed_build() -> None:
+    def broken() -> LLMEngine:
+        raise ValueError("no such model")
+
+    async def main() -> None:
+        with pytest.raises(ValueError, match="no such model"):
+            await AsyncEngine.launch(broken)
+    asyncio.run(main())
