@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from serve.attention.base import get_backend
+from serve.layers.quant.block_call import block_kernel_method
 from serve.layers.quant.checkpoint_loading import adapt_weights, resolve_quant
 from serve.models.config import ModelArchConfig, from_hf_dict
 from serve.models.gguf_reader import GGUFModelFile
@@ -153,6 +154,12 @@ def load_model(path: str | Path, dtype: str = "auto", device: str | torch.device
     p = resolve_checkpoint(path)
     cfg = load_model_config(p)
     method = resolve_quant(p, quant, dev, torch_dtype)
+    if dtype == "auto" and torch_dtype != torch.float32 and block_kernel_method(method, dev):
+        # The CPU block kernels quantize activations to int8 per 32-block themselves and the fused
+        # norm / SwiGLU / RoPE kernels beside them are float32: bf16 activations would only add a
+        # conversion around every op (measured on an AVX-512 BF16 EPYC: decode 134 -> 162 tok/s at
+        # batch 1, 614 -> 766 at batch 32 with float32).
+        torch_dtype = torch.float32
     log.info("loading %s: quantization=%s (requested %s), dtype=%s", p.name, method, quant, torch_dtype)
     backend = get_backend(attention_backend, dev, block_size)
     with dev:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from serve.engine.batch import RunnerOutput, ScheduledSeq, StepBatch
-from serve.models.loader import DTYPE_CHOICES, load_model, load_model_config, load_tokenizer, resolve_dtype
+from serve.models.loader import DTYPE_CHOICES, load_model, load_model_config, load_tokenizer
 from serve.spec_decode.rejection_sampler import RejectionSampler
 from serve.worker.forward_context import build_context
 from serve.worker.sampler import Sampler, SampleRow
@@ -61,10 +61,10 @@ class ModelRunner:
         self.max_model_len = cfg.max_model_len or self.model_config.max_position_embeddings
         self.block_size = cfg.block_size
         self.vocab_size = self.model_config.vocab_size
-        self.dtype = resolve_dtype(cfg.dtype, self.device)
         self.model = load_model(cfg.model_path, dtype=cfg.dtype, device=self.device,
                                 attention_backend=cfg.attention_backend, max_positions=self.max_model_len,
                                 block_size=cfg.block_size, quant=cfg.quantization)
+        self.dtype = self.model.dtype  # "auto" resolves with the quant method (loader.load_model)
         self.num_blocks = self._allocate_kv_cache()
         self.tokenizer = load_tokenizer(cfg.model_path)
         eos = list(self.model_config.eos_token_ids)

@@ -76,67 +76,87 @@ void quantize_rows(const T* x, int64_t m, int64_t k, QuantizedActivations& out) 
   });
 }
 
-// Eight rows of a Q4 weight (one row group) against one quantized activation row.
-inline void dot_q4x8(const uint8_t* qs, const uint16_t* d, const uint16_t* m, int64_t nb, const int8_t* xq,
-                     const float* xs, const float* xsum, float* out8) {
-  const __m256i low4 = _mm256_set1_epi8(0x0F);
-  __m256 acc = _mm256_setzero_ps(), acc_min = _mm256_setzero_ps();
-  for (int64_t b = 0; b < nb; ++b) {
-    const uint8_t* w = qs + b * 128;
-    const int8_t* xb = xq + b * QK;
-    __m256i p32;
+// int32 sums of one 32-weight block for eight rows: lo[k] / hi[k] hold the low / high nibbles of the
+// block's k-th code vector (see the layout above), xb the activation block's 32 int8 codes.
+inline __m256i q4_block_dot(const __m256i* lo, const __m256i* hi, const int8_t* xb) {
 #if SLUICE_VNNI
-    p32 = _mm256_setzero_si256();
-    for (int k = 0; k < 4; ++k) {
-      const __m256i p = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + 32 * k));
-      int32_t xlo, xhi;
-      std::memcpy(&xlo, xb + 4 * k, 4);
-      std::memcpy(&xhi, xb + 4 * (k + 4), 4);
-      p32 = dpbusd(p32, _mm256_and_si256(p, low4), _mm256_set1_epi32(xlo));
-      p32 = dpbusd(p32, _mm256_and_si256(_mm256_srli_epi16(p, 4), low4), _mm256_set1_epi32(xhi));
-    }
-#else
-    __m256i s_lo = _mm256_setzero_si256(), s_hi = _mm256_setzero_si256();
-    for (int k = 0; k < 4; ++k) {
-      const __m256i p = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + 32 * k));
-      int32_t xlo, xhi;
-      std::memcpy(&xlo, xb + 4 * k, 4);
-      std::memcpy(&xhi, xb + 4 * (k + 4), 4);
-      // int16 lanes: 8 products of at most 2 * 15 * 127 each, below 2^15.
-      s_lo = _mm256_add_epi16(s_lo, _mm256_maddubs_epi16(_mm256_and_si256(p, low4), _mm256_set1_epi32(xlo)));
-      s_hi = _mm256_add_epi16(s_hi, _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(p, 4), low4),
-                                                          _mm256_set1_epi32(xhi)));
-    }
-    p32 = _mm256_madd_epi16(_mm256_add_epi16(s_lo, s_hi), _mm256_set1_epi16(1));
-#endif
-    const __m256 dv = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(d + b * 8)));
-    const __m256 mv = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(m + b * 8)));
-    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p32), _mm256_mul_ps(dv, _mm256_set1_ps(xs[b])), acc);
-    acc_min = _mm256_fmadd_ps(mv, _mm256_set1_ps(xsum[b]), acc_min);
+  __m256i s = _mm256_setzero_si256();
+  for (int k = 0; k < 4; ++k) {
+    int32_t xlo, xhi;
+    std::memcpy(&xlo, xb + 4 * k, 4);
+    std::memcpy(&xhi, xb + 4 * (k + 4), 4);
+    s = dpbusd(s, lo[k], _mm256_set1_epi32(xlo));
+    s = dpbusd(s, hi[k], _mm256_set1_epi32(xhi));
   }
-  _mm256_storeu_ps(out8, _mm256_add_ps(acc, acc_min));
+  return s;
+#else
+  __m256i s16 = _mm256_setzero_si256();
+  for (int k = 0; k < 4; ++k) {
+    int32_t xlo, xhi;
+    std::memcpy(&xlo, xb + 4 * k, 4);
+    std::memcpy(&xhi, xb + 4 * (k + 4), 4);
+    // int16 lanes: 16 products of at most 15 * 127 each, below 2^15.
+    s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(lo[k], _mm256_set1_epi32(xlo)));
+    s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(hi[k], _mm256_set1_epi32(xhi)));
+  }
+  return _mm256_madd_epi16(s16, _mm256_set1_epi16(1));
+#endif
 }
 
-
-// Eight rows of a Q8 weight (one row group) against one quantized activation row.
-inline void dot_q8x8(const int8_t* qs, const uint16_t* d, int64_t nb, const int8_t* xq, const float* xs,
-                     float* out8) {
-  __m256 acc = _mm256_setzero_ps();
+// Eight rows of a Q4 weight (one row group) against T quantized activation rows (a token tile):
+// each weight block is loaded and unpacked once for the whole tile, which is what makes prefill and
+// batched decode cheaper per token than T single-row passes. out: T x 8 floats.
+template <int T>
+inline void dot_q4x8(const uint8_t* qs, const uint16_t* d, const uint16_t* m, int64_t nb, const int8_t* xq,
+                     const float* xs, const float* xsum, float* out) {
+  const __m256i low4 = _mm256_set1_epi8(0x0F);
+  __m256 acc[T], acc_min[T];
+  for (int t = 0; t < T; ++t) acc[t] = acc_min[t] = _mm256_setzero_ps();
   for (int64_t b = 0; b < nb; ++b) {
-    const int8_t* w = qs + b * 256;
-    const int8_t* xb = xq + b * QK;
-    __m256i s32 = _mm256_setzero_si256();
-    for (int c = 0; c < 8; ++c) {
-      const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + 32 * c));
-      int32_t xc;
-      std::memcpy(&xc, xb + 4 * c, 4);
-      // |w| (unsigned) times x with w's sign: the same products, in the u8 x s8 form the dot needs.
-      s32 = dpbusd(s32, _mm256_sign_epi8(wv, wv), _mm256_sign_epi8(_mm256_set1_epi32(xc), wv));
+    const uint8_t* w = qs + b * 128;
+    __m256i lo[4], hi[4];
+    for (int k = 0; k < 4; ++k) {
+      const __m256i p = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + 32 * k));
+      lo[k] = _mm256_and_si256(p, low4);
+      hi[k] = _mm256_and_si256(_mm256_srli_epi16(p, 4), low4);
     }
     const __m256 dv = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(d + b * 8)));
-    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s32), _mm256_mul_ps(dv, _mm256_set1_ps(xs[b])), acc);
+    const __m256 mv = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(m + b * 8)));
+    for (int t = 0; t < T; ++t) {
+      const int64_t at = t * nb + b;  // token t's block b
+      const __m256i p32 = q4_block_dot(lo, hi, xq + at * QK);
+      acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p32), _mm256_mul_ps(dv, _mm256_set1_ps(xs[at])), acc[t]);
+      acc_min[t] = _mm256_fmadd_ps(mv, _mm256_set1_ps(xsum[at]), acc_min[t]);
+    }
   }
-  _mm256_storeu_ps(out8, acc);
+  for (int t = 0; t < T; ++t) _mm256_storeu_ps(out + 8 * t, _mm256_add_ps(acc[t], acc_min[t]));
+}
+
+// Eight rows of a Q8 weight (one row group) against T quantized activation rows. out: T x 8 floats.
+template <int T>
+inline void dot_q8x8(const int8_t* qs, const uint16_t* d, int64_t nb, const int8_t* xq, const float* xs,
+                     float* out) {
+  __m256 acc[T];
+  for (int t = 0; t < T; ++t) acc[t] = _mm256_setzero_ps();
+  for (int64_t b = 0; b < nb; ++b) {
+    const int8_t* w = qs + b * 256;
+    __m256i s32[T];
+    for (int t = 0; t < T; ++t) s32[t] = _mm256_setzero_si256();
+    for (int c = 0; c < 8; ++c) {
+      const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + 32 * c));
+      const __m256i aw = _mm256_sign_epi8(wv, wv);
+      for (int t = 0; t < T; ++t) {
+        int32_t xc;
+        std::memcpy(&xc, xq + (t * nb + b) * QK + 4 * c, 4);
+        // |w| (unsigned) times x with w's sign: the same products, in the u8 x s8 form the dot needs.
+        s32[t] = dpbusd(s32[t], aw, _mm256_sign_epi8(_mm256_set1_epi32(xc), wv));
+      }
+    }
+    const __m256 dv = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(d + b * 8)));
+    for (int t = 0; t < T; ++t)
+      acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s32[t]), _mm256_mul_ps(dv, _mm256_set1_ps(xs[t * nb + b])), acc[t]);
+  }
+  for (int t = 0; t < T; ++t) _mm256_storeu_ps(out + 8 * t, acc[t]);
 }
 
 QuantizedActivations quantize_input(const at::Tensor& x) {
@@ -178,8 +198,12 @@ std::pair<int64_t, int64_t> check_weight(const at::Tensor& x, const at::Tensor& 
 
 const uint16_t* half_bits(const at::Tensor& t) { return reinterpret_cast<const uint16_t*>(t.data_ptr<at::Half>()); }
 
-// For every row group (split across threads) and every input row: group_dot(g, i, out8) writes the
-// group's 8 outputs for input row i.
+// Activation rows per weight pass: AVX-512 builds have 32 vector registers to hold the tile's
+// accumulators, AVX2 builds 16.
+constexpr int TILE = SLUICE_VNNI ? 8 : 4;
+
+// For every row group (split across threads) and every tile of input rows: group_dot(g, i, rows,
+// out) writes the group's 8 outputs for input rows i .. i + rows - 1 (rows = TILE, or 1 at the end).
 template <typename GroupDot>
 at::Tensor run_groups(const at::Tensor& x, int64_t n, int64_t groups, int64_t nb, GroupDot&& group_dot) {
   const int64_t m = x.size(0);
@@ -189,12 +213,14 @@ at::Tensor run_groups(const at::Tensor& x, int64_t n, int64_t groups, int64_t nb
   // chunk per thread; the grain only stops it from splitting tiny matrices).
   const int64_t grain = std::max<int64_t>(1, 256 / (nb * m));
   at::parallel_for(0, groups, grain, [&](int64_t g0, int64_t g1) {
-    alignas(32) float tmp[8];
+    alignas(32) float tmp[8 * TILE];
     for (int64_t g = g0; g < g1; ++g) {
-      const int64_t n0 = g * 8, rows = std::min<int64_t>(8, n - n0);
-      for (int64_t i = 0; i < m; ++i) {
-        group_dot(g, i, tmp);
-        std::memcpy(out + i * n + n0, tmp, rows * sizeof(float));
+      const int64_t n0 = g * 8, cols = std::min<int64_t>(8, n - n0);
+      for (int64_t i = 0; i < m;) {
+        const int rows = m - i >= TILE ? TILE : 1;
+        group_dot(g, i, rows, tmp);
+        for (int t = 0; t < rows; ++t) std::memcpy(out + (i + t) * n + n0, tmp + 8 * t, cols * sizeof(float));
+        i += rows;
       }
     }
   });
@@ -210,9 +236,13 @@ at::Tensor q4_linear(const at::Tensor& x_in, const at::Tensor& qs, const at::Ten
   const QuantizedActivations qa = quantize_input(x);
   const uint8_t* w = qs.data_ptr<uint8_t>();
   const uint16_t *dp = half_bits(d), *mp = half_bits(m);
-  return run_groups(x, n, groups, nb, [&](int64_t g, int64_t i, float* out8) {
-    dot_q4x8(w + g * nb * 128, dp + g * nb * 8, mp + g * nb * 8, nb, qa.codes.data() + i * nb * QK,
-             qa.scale.data() + i * nb, qa.sum.data() + i * nb, out8);
+  return run_groups(x, n, groups, nb, [&](int64_t g, int64_t i, int rows, float* out) {
+    const uint8_t* wg = w + g * nb * 128;
+    const uint16_t *dg = dp + g * nb * 8, *mg = mp + g * nb * 8;
+    const int8_t* xq = qa.codes.data() + i * nb * QK;
+    const float *xs = qa.scale.data() + i * nb, *xsum = qa.sum.data() + i * nb;
+    if (rows == TILE) dot_q4x8<TILE>(wg, dg, mg, nb, xq, xs, xsum, out);
+    else dot_q4x8<1>(wg, dg, mg, nb, xq, xs, xsum, out);
   });
 }
 
@@ -223,8 +253,13 @@ at::Tensor q8_linear(const at::Tensor& x_in, const at::Tensor& qs, const at::Ten
   const QuantizedActivations qa = quantize_input(x);
   const int8_t* w = qs.data_ptr<int8_t>();
   const uint16_t* dp = half_bits(d);
-  return run_groups(x, n, groups, nb, [&](int64_t g, int64_t i, float* out8) {
-    dot_q8x8(w + g * nb * 256, dp + g * nb * 8, nb, qa.codes.data() + i * nb * QK, qa.scale.data() + i * nb, out8);
+  return run_groups(x, n, groups, nb, [&](int64_t g, int64_t i, int rows, float* out) {
+    const int8_t* wg = w + g * nb * 256;
+    const uint16_t* dg = dp + g * nb * 8;
+    const int8_t* xq = qa.codes.data() + i * nb * QK;
+    const float* xs = qa.scale.data() + i * nb;
+    if (rows == TILE) dot_q8x8<TILE>(wg, dg, nb, xq, xs, out);
+    else dot_q8x8<1>(wg, dg, nb, xq, xs, out);
   });
 }
 

@@ -25,6 +25,15 @@ def block_kernels_here() -> bool:
     return cpu.available()
 
 
+def block_kernel_method(method: str, device: torch.device) -> bool:
+    """Whether layers of quant method `method` run through the CPU block kernels on `device`."""
+    if device.type != "cpu" or method not in ("gguf", "gptq", "q8_0"):
+        return False
+    from sluice_kernels import cpu
+
+    return cpu.available()
+
+
 def kernel_call(w: Q4x8 | Q8x8) -> KernelCall:
     from sluice_kernels import cpu
 
