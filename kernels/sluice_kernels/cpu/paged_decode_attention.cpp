@@ -26,6 +26,7 @@
 #include <cstdint>
 #include <cstring>
 #include <optional>
+#include <type_traits>
 #include <vector>
 
 namespace {
@@ -47,6 +48,22 @@ inline float dot(const float* a, const float* b, int64_t d) {
   s = _mm_hadd_ps(s, s);
   s = _mm_hadd_ps(s, s);
   return _mm_cvtss_f32(s);
+}
+
+// Dots of q with eight K rows at once: eight independent FMA chains (one dot's chain is latency-bound)
+// and one transposing reduction for all eight instead of a horizontal sum per row. out[r] = q . k[r].
+inline __m256 dot8(const float* q, const float* const* k, int64_t d) {
+  __m256 a[8];
+  for (int r = 0; r < 8; ++r) a[r] = _mm256_setzero_ps();
+  for (int64_t i = 0; i < d; i += 8) {
+    const __m256 qv = _mm256_loadu_ps(q + i);
+    for (int r = 0; r < 8; ++r) a[r] = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k[r] + i), a[r]);
+  }
+  const __m256 s01 = _mm256_hadd_ps(a[0], a[1]), s23 = _mm256_hadd_ps(a[2], a[3]);
+  const __m256 s45 = _mm256_hadd_ps(a[4], a[5]), s67 = _mm256_hadd_ps(a[6], a[7]);
+  const __m256 s0123 = _mm256_hadd_ps(s01, s23), s4567 = _mm256_hadd_ps(s45, s67);
+  // lanes of s0123: [r0 r1 r2 r3 | r0 r1 r2 r3] halves of the sums; same for s4567 with r4..r7
+  return _mm256_add_ps(_mm256_permute2f128_ps(s0123, s4567, 0x20), _mm256_permute2f128_ps(s0123, s4567, 0x31));
 }
 
 // e^x for x <= 0 (softmax scores minus their max), 8 lanes: x = n ln2 + r, e^r by a degree-7
@@ -93,6 +110,26 @@ inline void softmax(float* s, int64_t len) {
   for (int64_t u = 0; u < len; ++u) s[u] *= inv;
 }
 
+// sum_t p[t] * V[t] for head_dim 64 with the eight accumulators in registers (a runtime-sized
+// accumulator array lives in memory: a store and a load around every FMA).
+template <typename RowFn>
+inline void weighted_sum_64(const float* p, int64_t len, RowFn&& v_row, __m256* out) {
+  __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
+  for (int64_t t = 0; t < len; ++t) {
+    const float* v = v_row(t);
+    const __m256 pt = _mm256_set1_ps(p[t]);
+    a0 = _mm256_fmadd_ps(pt, _mm256_loadu_ps(v), a0);
+    a1 = _mm256_fmadd_ps(pt, _mm256_loadu_ps(v + 8), a1);
+    a2 = _mm256_fmadd_ps(pt, _mm256_loadu_ps(v + 16), a2);
+    a3 = _mm256_fmadd_ps(pt, _mm256_loadu_ps(v + 24), a3);
+    a4 = _mm256_fmadd_ps(pt, _mm256_loadu_ps(v + 32), a4);
+    a5 = _mm256_fmadd_ps(pt, _mm256_loadu_ps(v + 40), a5);
+    a6 = _mm256_fmadd_ps(pt, _mm256_loadu_ps(v + 48), a6);
+    a7 = _mm256_fmadd_ps(pt, _mm256_loadu_ps(v + 56), a7);
+  }
+  out[0] = a0; out[1] = a1; out[2] = a2; out[3] = a3; out[4] = a4; out[5] = a5; out[6] = a6; out[7] = a7;
+}
+
 // One task per (sequence, query head): the heads of a KV group read the same K/V rows (from cache
 // after the first), and nine or more tasks keep both cores busy at batch 1.
 template <typename T>
@@ -108,17 +145,35 @@ void attend(const T* q, const T* kc, const T* vc, const int64_t* tables, const i
       const float* qh = row_f32(q + (b * hq + head) * d, d, row.data());
       for (int64_t i = 0; i < d; ++i) qf[i] = qh[i] * scale;
       scores.resize(len);
-      for (int64_t t = 0; t < len; ++t) {
+      int64_t t = 0;
+      if constexpr (std::is_same_v<T, float>) {
+        for (; t + 8 <= len; t += 8) {
+          const float* rows8[8];
+          for (int r = 0; r < 8; ++r) {
+            const int64_t slot = table[(t + r) / bs] * bs + (t + r) % bs;
+            rows8[r] = kc + (slot * hkv + h) * d;
+          }
+          _mm256_storeu_ps(scores.data() + t, dot8(qf.data(), rows8, d));
+        }
+      }
+      for (; t < len; ++t) {
         const int64_t slot = table[t / bs] * bs + t % bs;
         scores[t] = dot(qf.data(), row_f32(kc + (slot * hkv + h) * d, d, row.data()), d);
       }
       softmax(scores.data(), len);
-      for (auto& a : acc) a = _mm256_setzero_ps();
-      for (int64_t t = 0; t < len; ++t) {
+      const auto v_row = [&](int64_t t) {
         const int64_t slot = table[t / bs] * bs + t % bs;
-        const float* v = row_f32(vc + (slot * hkv + h) * d, d, row.data());
-        const __m256 p = _mm256_set1_ps(scores[t]);
-        for (int64_t c = 0; c < d / 8; ++c) acc[c] = _mm256_fmadd_ps(p, _mm256_loadu_ps(v + 8 * c), acc[c]);
+        return row_f32(vc + (slot * hkv + h) * d, d, row.data());
+      };
+      if (std::is_same_v<T, float> && d == 64) {
+        weighted_sum_64(scores.data(), len, v_row, acc.data());
+      } else {
+        for (auto& a : acc) a = _mm256_setzero_ps();
+        for (int64_t t = 0; t < len; ++t) {
+          const float* v = v_row(t);
+          const __m256 p = _mm256_set1_ps(scores[t]);
+          for (int64_t c = 0; c < d / 8; ++c) acc[c] = _mm256_fmadd_ps(p, _mm256_loadu_ps(v + 8 * c), acc[c]);
+        }
       }
       T* o = out + (b * hq + head) * d;
       alignas(32) float buf[8];
