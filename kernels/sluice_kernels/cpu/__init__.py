@@ -16,6 +16,7 @@ Callers then take their plain-PyTorch path. `python -m serve.kernels.cpu` prints
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import os
 import platform
@@ -47,17 +48,17 @@ class IsaPath:
         return f"sluice_cpu_{self.name}"
 
 
-_AVX2_OPS = (("q4_linear", "AVX2 maddubs, 8 rows per 256-bit vector"),
-             ("q8_linear", "AVX2 maddubs, 8 rows per 256-bit vector"),
-             ("paged_decode_attention", "AVX2 FMA"), ("add_rms_norm", "AVX2 (compiler)"),
+_AVX2_OPS = (("q4_linear", "AVX2 maddubs, 8 rows per 256-bit vector, 4-token tiles"),
+             ("q8_linear", "AVX2 maddubs, 8 rows per 256-bit vector, 4-token tiles"),
+             ("paged_decode_attention", "AVX2 FMA, 8 K rows per reduction"), ("add_rms_norm", "AVX2 (compiler)"),
              ("silu_and_mul", "AVX2 (compiler)"), ("rotary_", "AVX2 (compiler)"))
 # Best first.
 PATHS = (
     IsaPath("avx512_vnni", AVX512_VNNI,
             ("-mavx512f", "-mavx512cd", "-mavx512vl", "-mavx512dq", "-mavx512bw", "-mavx512vnni"),
-            (("q4_linear", "AVX-512 VNNI vpdpbusd, 8 rows per 256-bit vector"),
-             ("q8_linear", "AVX-512 VNNI vpdpbusd, 8 rows per 256-bit vector"),
-             ("paged_decode_attention", "AVX2 FMA"), ("add_rms_norm", "AVX-512 (compiler)"),
+            (("q4_linear", "AVX-512 VNNI vpdpbusd; 2+ tokens: 16 rows per 512-bit vector, 8-token tiles"),
+             ("q8_linear", "AVX-512 VNNI vpdpbusd; 2+ tokens: 16 rows per 512-bit vector, 8-token tiles"),
+             ("paged_decode_attention", "AVX2 FMA, 8 K rows per reduction"), ("add_rms_norm", "AVX-512 (compiler)"),
              ("silu_and_mul", "AVX-512 (compiler)"), ("rotary_", "AVX-512 (compiler)"))),
     IsaPath("avx2", AVX2, (), _AVX2_OPS),
 )
@@ -132,7 +133,10 @@ def load_path(name: str) -> Any:
     from torch.utils.cpp_extension import load
 
     path = _path(name)
-    flags = [*_BASE_FLAGS, *path.cflags, f"-DSLUICE_OPS_NS={path.namespace}"]
+    # torch rebuilds when the sources or flags change; headers are not tracked, so their hash is a flag.
+    headers = hashlib.sha256(b"".join(h.read_bytes() for h in sorted(Path(__file__).parent.glob("*.h"))))
+    flags = [*_BASE_FLAGS, *path.cflags, f"-DSLUICE_OPS_NS={path.namespace}",
+             f"-DSLUICE_HEADERS={headers.hexdigest()[:16]}"]
     # torch recompiles when the sources or flags change and reuses the cached library otherwise.
     load(name=f"sluice_cpu_kernels_{path.name}", sources=_SOURCES, extra_cflags=flags,
          extra_include_paths=[str(Path(__file__).parent)], build_directory=str(build_dir(path)),

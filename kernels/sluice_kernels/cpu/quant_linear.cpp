@@ -198,28 +198,113 @@ std::pair<int64_t, int64_t> check_weight(const at::Tensor& x, const at::Tensor& 
 
 const uint16_t* half_bits(const at::Tensor& t) { return reinterpret_cast<const uint16_t*>(t.data_ptr<at::Half>()); }
 
+#if SLUICE_VNNI && defined(__AVX512F__) && defined(__AVX512BW__)
+#define SLUICE_ZMM 1
+// Two row groups (16 rows) of a Q4 weight against T activation rows: the 256-bit code vectors of
+// groups a and b side by side in one 512-bit register, so each instruction does both groups' work
+// (prefill and batched decode are compute-bound here; batch 1 is bound by the weight bytes either way).
+template <int T>
+inline void dot_q4x16(const uint8_t* qa, const uint8_t* qb, const uint16_t* da, const uint16_t* db,
+                      const uint16_t* ma, const uint16_t* mb, int64_t nb, const int8_t* xq, const float* xs,
+                      const float* xsum, float* out) {
+  const __m512i low4 = _mm512_set1_epi8(0x0F);
+  __m512 acc[T], acc_min[T];
+  for (int t = 0; t < T; ++t) acc[t] = acc_min[t] = _mm512_setzero_ps();
+  for (int64_t b = 0; b < nb; ++b) {
+    __m512i lo[4], hi[4];
+    for (int k = 0; k < 4; ++k) {
+      const __m512i p = _mm512_inserti64x4(
+          _mm512_castsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(qa + b * 128 + 32 * k))),
+          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qb + b * 128 + 32 * k)), 1);
+      lo[k] = _mm512_and_si512(p, low4);
+      hi[k] = _mm512_and_si512(_mm512_srli_epi16(p, 4), low4);
+    }
+    const auto halves = [b](const uint16_t* x, const uint16_t* y) {
+      return _mm512_cvtph_ps(_mm256_inserti128_si256(
+          _mm256_castsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x + b * 8))),
+          _mm_loadu_si128(reinterpret_cast<const __m128i*>(y + b * 8)), 1));
+    };
+    const __m512 dv = halves(da, db), mv = halves(ma, mb);
+    for (int t = 0; t < T; ++t) {
+      const int64_t at = t * nb + b;
+      const int8_t* xb = xq + at * QK;
+      __m512i s = _mm512_setzero_si512();
+      for (int k = 0; k < 4; ++k) {
+        int32_t xlo, xhi;
+        std::memcpy(&xlo, xb + 4 * k, 4);
+        std::memcpy(&xhi, xb + 4 * (k + 4), 4);
+        s = _mm512_dpbusd_epi32(s, lo[k], _mm512_set1_epi32(xlo));
+        s = _mm512_dpbusd_epi32(s, hi[k], _mm512_set1_epi32(xhi));
+      }
+      acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(dv, _mm512_set1_ps(xs[at])), acc[t]);
+      acc_min[t] = _mm512_fmadd_ps(mv, _mm512_set1_ps(xsum[at]), acc_min[t]);
+    }
+  }
+  for (int t = 0; t < T; ++t) _mm512_storeu_ps(out + 16 * t, _mm512_add_ps(acc[t], acc_min[t]));
+}
+
+// Two row groups (16 rows) of a Q8 weight against T activation rows, the groups side by side as in
+// dot_q4x16. AVX-512 has no byte `sign`: x takes w's sign through a mask (x negated where w < 0).
+template <int T>
+inline void dot_q8x16(const int8_t* qa, const int8_t* qb, const uint16_t* da, const uint16_t* db, int64_t nb,
+                      const int8_t* xq, const float* xs, float* out) {
+  const __m512i zero = _mm512_setzero_si512();
+  __m512 acc[T];
+  for (int t = 0; t < T; ++t) acc[t] = _mm512_setzero_ps();
+  for (int64_t b = 0; b < nb; ++b) {
+    __m512i s32[T];
+    for (int t = 0; t < T; ++t) s32[t] = zero;
+    for (int c = 0; c < 8; ++c) {
+      const __m512i wv = _mm512_inserti64x4(
+          _mm512_castsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(qa + b * 256 + 32 * c))),
+          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qb + b * 256 + 32 * c)), 1);
+      const __m512i aw = _mm512_abs_epi8(wv);
+      const __mmask64 neg = _mm512_movepi8_mask(wv);
+      for (int t = 0; t < T; ++t) {
+        int32_t xc;
+        std::memcpy(&xc, xq + (t * nb + b) * QK + 4 * c, 4);
+        const __m512i xv = _mm512_set1_epi32(xc);
+        s32[t] = _mm512_dpbusd_epi32(s32[t], aw, _mm512_mask_sub_epi8(xv, neg, zero, xv));
+      }
+    }
+    const __m512 dv = _mm512_cvtph_ps(_mm256_inserti128_si256(
+        _mm256_castsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(da + b * 8))),
+        _mm_loadu_si128(reinterpret_cast<const __m128i*>(db + b * 8)), 1));
+    for (int t = 0; t < T; ++t)
+      acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s32[t]), _mm512_mul_ps(dv, _mm512_set1_ps(xs[t * nb + b])), acc[t]);
+  }
+  for (int t = 0; t < T; ++t) _mm512_storeu_ps(out + 16 * t, acc[t]);
+}
+#else
+#define SLUICE_ZMM 0
+#endif
+
 // Activation rows per weight pass: AVX-512 builds have 32 vector registers to hold the tile's
 // accumulators, AVX2 builds 16.
 constexpr int TILE = SLUICE_VNNI ? 8 : 4;
 
-// For every row group (split across threads) and every tile of input rows: group_dot(g, i, rows,
-// out) writes the group's 8 outputs for input rows i .. i + rows - 1 (rows = TILE, or 1 at the end).
-template <typename GroupDot>
-at::Tensor run_groups(const at::Tensor& x, int64_t n, int64_t groups, int64_t nb, GroupDot&& group_dot) {
+// For every unit of GU row groups (units split across threads; the last unit may hold fewer groups)
+// and every tile of input rows: unit_dot(g, units_groups, i, rows, out) writes groups g ..
+// g + units_groups - 1's outputs for input rows i .. i + rows - 1 (rows = TILE, or 1 at the end),
+// units_groups * 8 floats per row.
+template <int GU, typename UnitDot>
+at::Tensor run_groups(const at::Tensor& x, int64_t n, int64_t groups, int64_t nb, UnitDot&& unit_dot) {
   const int64_t m = x.size(0);
   at::Tensor y = at::empty({m, n}, x.options().dtype(at::kFloat));
   float* out = y.data_ptr<float>();
+  const int64_t units = (groups + GU - 1) / GU;
   // Small grain: even a 576-row projection should use every thread (parallel_for makes at most one
   // chunk per thread; the grain only stops it from splitting tiny matrices).
-  const int64_t grain = std::max<int64_t>(1, 256 / (nb * m));
-  at::parallel_for(0, groups, grain, [&](int64_t g0, int64_t g1) {
-    alignas(32) float tmp[8 * TILE];
-    for (int64_t g = g0; g < g1; ++g) {
-      const int64_t n0 = g * 8, cols = std::min<int64_t>(8, n - n0);
+  const int64_t grain = std::max<int64_t>(1, 256 / (nb * m * GU));
+  at::parallel_for(0, units, grain, [&](int64_t u0, int64_t u1) {
+    alignas(64) float tmp[8 * GU * TILE];
+    for (int64_t u = u0; u < u1; ++u) {
+      const int64_t g = u * GU, ng = std::min<int64_t>(GU, groups - g);
+      const int64_t n0 = g * 8, cols = std::min<int64_t>(8 * ng, n - n0);
       for (int64_t i = 0; i < m;) {
         const int rows = m - i >= TILE ? TILE : 1;
-        group_dot(g, i, rows, tmp);
-        for (int t = 0; t < rows; ++t) std::memcpy(out + (i + t) * n + n0, tmp + 8 * t, cols * sizeof(float));
+        unit_dot(g, ng, i, rows, tmp);
+        for (int t = 0; t < rows; ++t) std::memcpy(out + (i + t) * n + n0, tmp + 8 * ng * t, cols * sizeof(float));
         i += rows;
       }
     }
@@ -236,11 +321,25 @@ at::Tensor q4_linear(const at::Tensor& x_in, const at::Tensor& qs, const at::Ten
   const QuantizedActivations qa = quantize_input(x);
   const uint8_t* w = qs.data_ptr<uint8_t>();
   const uint16_t *dp = half_bits(d), *mp = half_bits(m);
-  return run_groups(x, n, groups, nb, [&](int64_t g, int64_t i, int rows, float* out) {
+  constexpr int GU = SLUICE_ZMM ? 2 : 1;
+  return run_groups<GU>(x, n, groups, nb, [&](int64_t g, int64_t ng, int64_t i, int rows, float* out) {
     const uint8_t* wg = w + g * nb * 128;
     const uint16_t *dg = dp + g * nb * 8, *mg = mp + g * nb * 8;
     const int8_t* xq = qa.codes.data() + i * nb * QK;
     const float *xs = qa.scale.data() + i * nb, *xsum = qa.sum.data() + i * nb;
+#if SLUICE_ZMM
+    if (ng == 2 && rows > 1) {  // one row is bound by weight bytes: the 8-row path reads them as fast
+      const int64_t next = nb * 128, nextd = nb * 8;
+      dot_q4x16<TILE>(wg, wg + next, dg, dg + nextd, mg, mg + nextd, nb, xq, xs, xsum, out);
+      return;
+    }
+    if (ng == 2) {  // a single row against two groups: 8 outputs each, side by side
+      dot_q4x8<1>(wg, dg, mg, nb, xq, xs, xsum, out);
+      dot_q4x8<1>(wg + nb * 128, dg + nb * 8, mg + nb * 8, nb, xq, xs, xsum, out + 8);
+      return;
+    }
+#endif
+    // one group (ng == 1): 8 outputs per row, the layout run_groups expects for it
     if (rows == TILE) dot_q4x8<TILE>(wg, dg, mg, nb, xq, xs, xsum, out);
     else dot_q4x8<1>(wg, dg, mg, nb, xq, xs, xsum, out);
   });
@@ -253,11 +352,23 @@ at::Tensor q8_linear(const at::Tensor& x_in, const at::Tensor& qs, const at::Ten
   const QuantizedActivations qa = quantize_input(x);
   const int8_t* w = qs.data_ptr<int8_t>();
   const uint16_t* dp = half_bits(d);
-  return run_groups(x, n, groups, nb, [&](int64_t g, int64_t i, int rows, float* out) {
+  constexpr int GU = SLUICE_ZMM ? 2 : 1;
+  return run_groups<GU>(x, n, groups, nb, [&](int64_t g, int64_t ng, int64_t i, int rows, float* out) {
     const int8_t* wg = w + g * nb * 256;
     const uint16_t* dg = dp + g * nb * 8;
     const int8_t* xq = qa.codes.data() + i * nb * QK;
     const float* xs = qa.scale.data() + i * nb;
+#if SLUICE_ZMM
+    if (ng == 2 && rows > 1) {
+      dot_q8x16<TILE>(wg, wg + nb * 256, dg, dg + nb * 8, nb, xq, xs, out);
+      return;
+    }
+    if (ng == 2) {
+      dot_q8x8<1>(wg, dg, nb, xq, xs, out);
+      dot_q8x8<1>(wg + nb * 256, dg + nb * 8, nb, xq, xs, out + 8);
+      return;
+    }
+#endif
     if (rows == TILE) dot_q8x8<TILE>(wg, dg, nb, xq, xs, out);
     else dot_q8x8<1>(wg, dg, nb, xq, xs, out);
   });
