@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 from typing import Any
 
 from serve import model_store
@@ -14,7 +15,8 @@ from serve.config import BACKENDS, DEFAULT_MODEL, POLICIES, ModelConfig, Replica
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="serve models over an OpenAI-compatible HTTP API")
     p.add_argument("--model", default=None, help=f"catalog name or local path (default: {DEFAULT_MODEL})")
-    p.add_argument("--backend", default="llamacpp", choices=BACKENDS)
+    p.add_argument("--backend", default="auto", choices=("auto", *BACKENDS),
+                   help="auto (default): native where it runs the model's architecture, else llamacpp")
     p.add_argument("--config", default=None, help="TOML or YAML file declaring models and replicas")
     p.add_argument("--host", default=None, help="bind address (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=None, help="port (default 8000)")
@@ -53,6 +55,19 @@ def _coerce(value: str) -> Any:
     return value
 
 
+def auto_backend(path: Path) -> str:
+    """native for architectures our engine runs (it measured fastest on every CPU type we benchmarked,
+    benchmarks/results/), llamacpp for the rest of what a GGUF file can hold (e.g. gemma3)."""
+    from serve.models.loader import load_model_config
+    from serve.models.registry import MODELS
+
+    try:
+        arch = load_model_config(path).architecture
+    except (ValueError, OSError, KeyError):
+        return "llamacpp"
+    return "native" if arch in MODELS else "llamacpp"
+
+
 def build_config(args: argparse.Namespace) -> ServerConfig:
     overrides = {"host": args.host, "port": args.port, "api_key": args.api_key, "log_level": args.log_level}
     if args.config:
@@ -60,9 +75,12 @@ def build_config(args: argparse.Namespace) -> ServerConfig:
 
         return load_config(args.config, overrides)
     model = args.model or DEFAULT_MODEL
-    if args.backend != "remote":
-        model_store.resolve(model)  # pull now, so a bad name or path fails here in one line
-    spec = ReplicaSpec(backend=args.backend, model=model, url=args.url, api_key=args.upstream_api_key,
+    backend = args.backend
+    if backend != "remote":
+        path = model_store.resolve(model)  # pull now, so a bad name or path fails here in one line
+        if backend == "auto":
+            backend = auto_backend(path)
+    spec = ReplicaSpec(backend=backend, model=model, url=args.url, api_key=args.upstream_api_key,
                        options=_parse_options(args.option))
     name = args.served_model_name or model_store.served_name(model)
     mc = ModelConfig(name=name, replicas=(spec,) * args.replicas, policy=args.policy,

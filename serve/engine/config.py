@@ -31,7 +31,9 @@ class CacheConfig:
 @dataclass(frozen=True)
 class SchedulerConfig:
     max_num_seqs: int = 64  # requests in one step's batch
-    max_num_batched_tokens: int = 512  # token budget of one step (prefill chunks + decodes)
+    # Token budget of one step (prefill chunks + decodes). 1024 measured best on 2 CPU cores (c=32,
+    # 128-token prompts: 609 / 649 / 634 tok/s at 512 / 1024 / 2048): fewer, larger prefill chunks.
+    max_num_batched_tokens: int = 1024
     enable_chunked_prefill: bool = True
     policy: str = "fcfs"  # "priority": lower `priority` runs first, ties by arrival
 

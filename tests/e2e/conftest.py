@@ -10,9 +10,9 @@ from tests.e2e.server_proc import MODEL, ServerProc, start_server
 
 @pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProc]:
-    """The default `sluice serve` (llamacpp backend, bundled model), with a small admission limit
+    """`sluice serve --backend llamacpp` on the bundled model, with a small admission limit
     so that the overload test can reach it."""
-    s = start_server(["--max-outstanding", "6", "-o", "n_parallel=4"], tmp_path_factory.mktemp("srv"))
+    s = start_server(["--backend", "llamacpp", "--max-outstanding", "6", "-o", "n_parallel=4"], tmp_path_factory.mktemp("srv"))
     yield s
     s.stop()
 

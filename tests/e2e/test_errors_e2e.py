@@ -71,7 +71,7 @@ def test_body_too_large_is_413(server: ServerProc, model: str) -> None:
 
 
 def test_api_key_required_when_set(tmp_path: Path, model: str) -> None:
-    s = start_server(["--api-key", "s3cret", "-o", "n_parallel=1"], tmp_path)
+    s = start_server(["--backend", "llamacpp", "--api-key", "s3cret", "-o", "n_parallel=1"], tmp_path)
     try:
         url = f"{s.base_url}/v1/completions"
         body = {"model": model, "prompt": "hi", "max_tokens": 2}

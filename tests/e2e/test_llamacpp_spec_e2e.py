@@ -29,7 +29,7 @@ def _metric(base_url: str, name: str) -> float:
 
 
 def test_greedy_http_equals_plain_and_metrics(tmp_path: Path) -> None:
-    common = ["-o", "n_threads=1", "-o", "n_parallel=1"]
+    common = ["--backend", "llamacpp", "-o", "n_threads=1", "-o", "n_parallel=1"]
     spec = start_server([*common, "-o", "speculative_method=ngram", "-o", "num_speculative_tokens=4"], tmp_path)
     try:
         spec_text = _complete(spec.base_url)
@@ -46,4 +46,4 @@ def test_greedy_http_equals_plain_and_metrics(tmp_path: Path) -> None:
 
 def test_draft_method_is_a_startup_error(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="speculative_method"):
-        start_server(["-o", "speculative_method=draft"], tmp_path, timeout_s=60)
+        start_server(["--backend", "llamacpp", "-o", "speculative_method=draft"], tmp_path, timeout_s=60)

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProc, ServerProc, ServerProc]]:
     tmp = tmp_path_factory.mktemp("cluster")
-    ups = [start_server(["-o", "n_parallel=2", "-o", "n_threads=1"], tmp) for _ in range(2)]
+    ups = [start_server(["--backend", "llamacpp", "-o", "n_parallel=2", "-o", "n_threads=1"], tmp) for _ in range(2)]
     cfg = tmp / "front.toml"
     cfg.write_text(f"""
 [server]

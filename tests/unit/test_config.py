@@ -189,7 +189,16 @@ def test_defaults_serve_the_bundled_model() -> None:
     assert (cfg.host, cfg.port, cfg.api_key) == ("127.0.0.1", 8000, None)
     (m,) = cfg.models
     assert m.name == "smollm2-135m-instruct" and m.policy == "least-outstanding" and m.max_outstanding == 256
-    assert m.replicas == (ReplicaSpec(backend="llamacpp", model="smollm2-135m-instruct"),)
+    # backend "auto": the bundled model is a Llama, which the native engine runs
+    assert m.replicas == (ReplicaSpec(backend="native", model="smollm2-135m-instruct"),)
+
+
+def test_auto_backend_falls_back_to_llamacpp_for_what_native_cannot_load(gguf: Path) -> None:
+    from serve.cli_serve import auto_backend
+
+    assert auto_backend(gguf) == "llamacpp"  # not a model native can read (gemma3 goes the same way)
+    cfg = build_config(serve_args("--model", str(gguf), "--backend", "llamacpp"))
+    assert cfg.models[0].replicas[0].backend == "llamacpp"
 
 
 def test_local_gguf_is_served_under_its_stem_with_flags(gguf: Path) -> None:
