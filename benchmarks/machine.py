@@ -10,13 +10,9 @@ from typing import Any
 
 
 def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    from sluice_kernels.cpu.features import cpu_info
+
+    return cpu_info().model
 
 
 def machine_info() -> dict[str, Any]:

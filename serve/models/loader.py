@@ -31,11 +31,9 @@ DTYPE_CHOICES = (*DTYPES, "auto")
 
 def cpu_has_native_bf16() -> bool:
     """AVX512-BF16 or AMX: without them torch's CPU bf16 matmul is emulated and slower than float32."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line for line in f if line.startswith("flags")), "").split()
-    except OSError:
-        return False
+    from sluice_kernels.cpu.features import cpu_info
+
+    flags = cpu_info().flags
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
