@@ -299,7 +299,9 @@ class LlamaCppEngine:
 
     def _finish(self, slot: int, reason: str, detail: str = "") -> None:
         job = self.running.pop(slot)
-        tail = job.text.flush() if (job.text and reason == "length") else ""
+        # Text held back for a possible stop string is released on every ending but an error: ending
+        # on EOS must not drop a tail like "\n" that only looked like the start of a stop string.
+        tail = job.text.flush() if (job.text and reason != "error") else ""
         if reason in ("abort", "error"):
             # The slot's KV may hold a half-written chunk: forget it rather than trust it.
             self.ctx.kv_cache_seq_rm(slot, -1, -1)
