@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 
@@ -66,3 +67,16 @@ class SamplingParams:
     @property
     def uses_penalties(self) -> bool:
         return bool(self.presence_penalty or self.frequency_penalty or self.repetition_penalty != 1.0)
+
+
+def check_token_ids(ids: Sequence[int], vocab_size: int, param: str) -> None:
+    """ParamError naming `param` for any id outside [0, vocab_size): one bad id must be refused at the
+    door, never reach a batched step it would fail for everyone."""
+    bad = next((t for t in ids if not 0 <= t < vocab_size), None)
+    if bad is not None:
+        raise ParamError(param, f"token id {bad} in '{param}' is outside the vocabulary [0, {vocab_size})")
+
+
+def check_params_ids(params: SamplingParams, vocab_size: int) -> None:
+    check_token_ids(params.stop_token_ids, vocab_size, "stop_token_ids")
+    check_token_ids(list(params.logit_bias or ()), vocab_size, "logit_bias")

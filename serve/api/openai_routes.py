@@ -21,7 +21,7 @@ from serve.api.streaming import chain_first, prime, sse, sse_body, until_disconn
 from serve.backends.base import Backend, Delta, GenerateRequest, ModelInfo, StreamEvent, Unsupported, Usage
 from serve.backends.merge import merge
 from serve.router.replica import Replica
-from serve.sampling_params import SamplingParams
+from serve.sampling_params import SamplingParams, check_params_ids, check_token_ids
 
 
 def check_supported(req: _Common, info: ModelInfo, backend: str) -> None:
@@ -55,6 +55,10 @@ async def _local_request(backend: Backend, rid: str, params: SamplingParams, pro
         ids, text = list(prompt), None
     if not ids:
         raise invalid("the prompt is empty", "prompt")
+    vocab = backend.info.vocab_size
+    if vocab is not None:
+        check_token_ids(ids, vocab, "prompt")
+        check_params_ids(params, vocab)
     params = fit_context(len(ids), params, backend.info.max_model_len)
     return GenerateRequest(rid, params, prompt=text, prompt_token_ids=tuple(ids), model=model, priority=priority)
 

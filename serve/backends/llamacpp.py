@@ -63,6 +63,7 @@ class LlamaCppBackend:
             chat_template=meta.get("tokenizer.chat_template"),
             bos_token=self.engine.token_text(m.token_bos()) if m.token_bos() >= 0 else "",
             eos_token=self.engine.token_text(m.token_eos()) if m.token_eos() >= 0 else "",
+            vocab_size=self.engine.n_vocab,
             extra={"gguf_arch": meta.get("general.architecture", "")},
         )
 

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from serve import model_store
@@ -28,9 +30,14 @@ from serve.backends.base import (
 )
 from serve.backends.native_tokens import TokenTexts
 from serve.config import ReplicaSpec
-from serve.engine.async_engine import AsyncEngine, RequestStream
+from serve.engine.async_engine import AsyncEngine, EngineDead, RequestStream
 from serve.engine.config import EngineConfig
 from serve.engine.request import RequestRejected
+
+log = logging.getLogger("sluice.native")
+# A crash loop (the engine dies again right after each restart) is given up after this many
+# restarts within RESTART_WINDOW_S: the replica then stays down and its health says so.
+MAX_RESTARTS, RESTART_WINDOW_S = 5, 60.0
 
 
 class NativeBackend:
@@ -46,6 +53,12 @@ class NativeBackend:
         self._ids = itertools.count()
         # Client request id -> engine request ids (a completions batch reuses one id for its prompts).
         self._live: dict[str, set[str]] = {}
+        # Told when the engine dies (False) and when its replacement serves (True); the router's
+        # replica sets it, so /health turns 503 at once rather than at the next probe.
+        self.health_listener: Callable[[bool], None] | None = None
+        self._config: EngineConfig | None = None
+        self._restarts: list[float] = []
+        self._restart_task: asyncio.Task[None] | None = None
 
     @property
     def info(self) -> ModelInfo:
@@ -57,9 +70,9 @@ class NativeBackend:
         from serve.engine.engine import LLMEngine
 
         path = await asyncio.to_thread(model_store.resolve, self.spec.model)
-        config = EngineConfig.from_options(str(path), self.spec.options)
+        config = self._config = EngineConfig.from_options(str(path), self.spec.options)
         # Loaded on the engine thread, which then runs every step: one OpenMP master (async_engine.py).
-        self.engine = await AsyncEngine.launch(lambda: LLMEngine.from_config(config))
+        self.engine = await AsyncEngine.launch(lambda: LLMEngine.from_config(config), self._on_death)
         llm = self.engine.engine
         self.tokenizer = llm.runner.tokenizer
         self._texts = TokenTexts(self.tokenizer)
@@ -71,11 +84,44 @@ class NativeBackend:
             chat_template=getattr(self.tokenizer, "chat_template", None),
             bos_token=getattr(self.tokenizer, "bos_token", None) or "",
             eos_token=getattr(self.tokenizer, "eos_token", None) or "",
+            vocab_size=llm.runner.vocab_size,
             extra={"num_kv_blocks": llm.runner.num_blocks, "block_size": llm.runner.block_size,
                    "quantization": getattr(llm.runner.model, "quantization", "none")},
         )
 
+    def _on_death(self, exc: BaseException) -> None:
+        """The engine thread died (its streams already ended with an error): go down, restart."""
+        if self.health_listener is not None:
+            self.health_listener(False)
+        now = time.monotonic()
+        self._restarts = [t for t in self._restarts if now - t < RESTART_WINDOW_S] + [now]
+        if len(self._restarts) > MAX_RESTARTS:
+            log.error("native engine crashed %d times in %.0f s; not restarting", len(self._restarts),
+                      RESTART_WINDOW_S)
+            return
+        self._restart_task = asyncio.ensure_future(self._restart())
+
+    async def _restart(self) -> None:
+        from serve.engine.engine import LLMEngine
+
+        config, old = self._config, self.engine
+        assert config is not None
+        if old is not None:
+            await old.stop()
+        log.warning("restarting the native engine")
+        try:
+            self.engine = await AsyncEngine.launch(lambda: LLMEngine.from_config(config), self._on_death)
+        except Exception:  # noqa: BLE001 - stays down; health reports it
+            log.exception("the native engine could not be restarted")
+            self.engine = None
+            return
+        log.warning("the native engine is serving again")
+        if self.health_listener is not None:
+            self.health_listener(True)
+
     async def stop(self) -> None:
+        if self._restart_task is not None and not self._restart_task.done():
+            self._restart_task.cancel()
         if self.engine is not None:
             engine, self.engine = self.engine, None
             await engine.stop()
@@ -116,7 +162,10 @@ class NativeBackend:
             outputs = engine.add_request(rid, ids, request.params, priority=request.priority,
                                          extra_stop_token_ids=tuple(request.extra.get("stop_token_ids", ())))
         except RequestRejected as e:
-            raise BackendError(str(e), 400, "invalid_request_error", e.param, "context_length_exceeded") from e
+            code = "context_length_exceeded" if e.param in ("messages", "max_tokens") else None
+            raise BackendError(str(e), 400, "invalid_request_error", e.param, code) from e
+        except EngineDead as e:
+            raise BackendUnavailable(str(e)) from e
         self._live.setdefault(request.request_id, set()).add(rid)
         return self._events(request, rid, outputs)
 
@@ -138,6 +187,8 @@ class NativeBackend:
                                 logprobs=lps, finish_reason=out.finish_reason)
             if leader is not None:
                 yield Usage(leader.num_prompt_tokens, completion, leader.num_cached_tokens, leader.queue_time_s)
+        except EngineDead as e:  # a crash mid-request: 503 before the first token, an SSE error after
+            raise BackendUnavailable(str(e)) from e
         finally:
             await outputs.aclose()  # aborts in the engine if unfinished
             live = self._live.get(request.request_id)
@@ -145,3 +196,4 @@ class NativeBackend:
                 live.discard(rid)
                 if not live:
                     del self._live[request.request_id]
+

@@ -32,9 +32,16 @@ class EngineDead(RuntimeError):
     """The engine thread has stopped; no request can run."""
 
 
+DeathHook = Callable[[BaseException], None]
+
+
 class AsyncEngine:
-    def __init__(self, engine: LLMEngine) -> None:
+    def __init__(self, engine: LLMEngine, on_death: DeathHook | None = None) -> None:
         self.engine = engine
+        # Called on the event loop once the engine thread has died (every open stream already ended
+        # with EngineDead): the owner restarts the engine.
+        self.on_death = on_death
+        self.crashed: BaseException | None = None
         self._commands: deque[Callable[[], list[RequestOutput]]] = deque()
         self._wake = threading.Event()
         self._streams: dict[str, asyncio.Queue[RequestOutput | BaseException]] = {}
@@ -52,7 +59,7 @@ class AsyncEngine:
         self._thread.start()
 
     @classmethod
-    async def launch(cls, build: Callable[[], LLMEngine]) -> AsyncEngine:
+    async def launch(cls, build: Callable[[], LLMEngine], on_death: DeathHook | None = None) -> AsyncEngine:
         """Build the LLMEngine on the engine thread itself, then run it there (see the module doc).
         Raises whatever `build` raised."""
         loop = asyncio.get_running_loop()
@@ -61,7 +68,7 @@ class AsyncEngine:
 
         def body() -> None:
             try:
-                holder.append(cls(build()))
+                holder.append(cls(build(), on_death))
             except BaseException as exc:  # reported to the awaiting caller
                 loop.call_soon_threadsafe(ready.set_exception, exc)
                 return
@@ -89,7 +96,7 @@ class AsyncEngine:
 
     @property
     def is_running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        return self._thread is not None and self._thread.is_alive() and self.crashed is None
 
     def stats(self) -> dict[str, float | int]:
         """A snapshot published by the engine thread after each step (safe to read from anywhere)."""
@@ -106,7 +113,7 @@ class AsyncEngine:
             raise EngineDead("the native engine is not running")
         if req_id in self._streams:
             raise ValueError(f"request id {req_id!r} is already in use")
-        self.engine.validate(len(prompt_token_ids), params)
+        self.engine.validate(len(prompt_token_ids), params, prompt_token_ids)
         kwargs.setdefault("arrival_time", time.monotonic())  # queue time starts here, not in the thread
         stream: asyncio.Queue[RequestOutput | BaseException] = asyncio.Queue()
         self._streams[req_id] = stream
@@ -150,6 +157,27 @@ class AsyncEngine:
             self._push(out.group_id, out)
 
     def _run(self) -> None:
+        """The thread's body. Anything escaping a step or a command means the engine's state can no
+        longer be trusted: every open stream ends with EngineDead and the owner is told (it restarts
+        the engine) rather than requests waiting forever on a dead thread."""
+        try:
+            self._serve()
+        except BaseException as exc:  # noqa: BLE001 - reported to every stream and to the owner
+            log.exception("the native engine crashed")
+            self.crashed = exc
+            loop = self._loop
+            if loop is not None and not loop.is_closed():
+                loop.call_soon_threadsafe(self._died, exc)
+
+    def _died(self, exc: BaseException) -> None:
+        """On the event loop: end every open stream, then tell the owner."""
+        for stream in self._streams.values():
+            stream.put_nowait(EngineDead(f"the native engine crashed ({type(exc).__name__}: {exc}); "
+                                         "it is restarting"))
+        if self.on_death is not None:
+            self.on_death(exc)
+
+    def _serve(self) -> None:
         while not self._stopping:
             self._wake.clear()  # before draining: a command queued after this sets it again
             outputs: list[RequestOutput] = []
@@ -165,11 +193,9 @@ class AsyncEngine:
                 self._wake.wait()
 
     def _step(self) -> list[RequestOutput]:
-        try:
-            outputs = self.engine.step()
-        except Exception:  # a scheduler bug must not kill the loop silently: fail everything, go on
-            log.exception("engine step failed; aborting all requests")
-            outputs = self.engine.abort_all()
+        # A runner failure is isolated inside step() (only the sequence that caused it fails); what
+        # escapes here is a control-plane fault, and _run treats it as a crash.
+        outputs = self.engine.step()
         if self.engine.last_step_size == 0 and self.engine.has_unfinished():
             self._wake.wait(0.005)  # nothing schedulable this step: do not spin
         return outputs

@@ -11,13 +11,14 @@ import logging
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from serve.engine.batch import RunnerOutput, StepBatch
+from serve.engine import faults
+from serve.engine.batch import RunnerOutput, SampledToken, ScheduledSeq, StepBatch
 from serve.engine.config import EngineConfig, SchedulerConfig
 from serve.engine.detokenizer import IncrementalDetokenizer, make_decode
 from serve.engine.outputs import RequestOutput, make_output
-from serve.engine.request import Request
+from serve.engine.request import Request, RequestRejected
 from serve.engine.scheduler import Scheduler
-from serve.sampling_params import SamplingParams
+from serve.sampling_params import ParamError, SamplingParams, check_params_ids, check_token_ids
 from serve.spec_decode.config import SpecDecodeConfig
 from serve.spec_decode.controller import SpecController
 from serve.spec_decode.proposer import Proposer
@@ -90,8 +91,17 @@ class LLMEngine:
             rejection.draft_probs = proposer  # q of sampled drafts, for exact rejection sampling
         return SpecController(config, proposer)
 
-    def validate(self, num_prompt_tokens: int, params: SamplingParams) -> int:
-        """Resolved max_tokens, or RequestRejected. Reads only fixed sizes: safe from any thread."""
+    def validate(self, num_prompt_tokens: int, params: SamplingParams,
+                 prompt_token_ids: Sequence[int] = ()) -> int:
+        """Resolved max_tokens, or RequestRejected. Reads only fixed sizes: safe from any thread.
+        Token ids outside the vocabulary are refused here, so they never reach a shared step."""
+        vocab = getattr(self.runner, "vocab_size", None)
+        if vocab is not None:
+            try:
+                check_token_ids(prompt_token_ids, vocab, "prompt")
+                check_params_ids(params, vocab)
+            except ParamError as e:
+                raise RequestRejected(str(e), param=e.param) from e
         return self.scheduler.resolve_max_tokens(num_prompt_tokens, params)
 
     def add_request(self, req_id: str, prompt_token_ids: Sequence[int], params: SamplingParams, *,
@@ -100,7 +110,7 @@ class LLMEngine:
         """Queue a client request (n samples). Returns the sample ids. Raises RequestRejected."""
         if req_id in self._groups:
             raise ValueError(f"request id {req_id!r} is already in use")
-        max_tokens = self.validate(len(prompt_token_ids), params)
+        max_tokens = self.validate(len(prompt_token_ids), params, prompt_token_ids)
         if extra_stop_token_ids:
             merged = tuple(dict.fromkeys((*params.stop_token_ids, *extra_stop_token_ids)))
             params = dataclasses.replace(params, stop_token_ids=merged)
@@ -135,16 +145,39 @@ class LLMEngine:
             self.scheduler.requeue_finished_ids(batch.finished_req_ids)
             return []
         self.num_steps += 1
+        faults.on_engine_step(self.num_steps)
+        failed: list[RequestOutput] = []
         try:
             result = self.runner.execute(batch)
-        except Exception as exc:
-            log.exception("model runner failed; aborting the %d requests of this step", len(batch.seqs))
-            return self._fail([s.req_id for s in batch.seqs], f"model runner failed: {exc}")
-        outputs = [make_output(req, ids) for req, ids in self.scheduler.update(batch, result)]
+        except Exception as exc:  # noqa: BLE001 - find the sequence that caused it; the rest go on
+            log.warning("model runner failed on a batch of %d (%s); isolating", len(batch.seqs), exc)
+            batch, result, failed = self._isolate(batch)
+        outputs = failed + [make_output(req, ids) for req, ids in self.scheduler.update(batch, result)]
         self._forget(outputs)
         if self.spec is not None:
             self.spec.step(self.scheduler)
         return outputs
+
+    def _isolate(self, batch: StepBatch) -> tuple[StepBatch, RunnerOutput, list[RequestOutput]]:
+        """Run each sequence of a failed batch alone: the ones that fail again are aborted with the
+        error, the others keep their results. Re-running writes the same KV slots with the same
+        values, so a half-done batched pass leaves nothing behind."""
+        kept: list[ScheduledSeq] = []
+        sampled: dict[str, list[SampledToken]] = {}
+        failed: list[RequestOutput] = []
+        finished_ids = batch.finished_req_ids
+        for seq in batch.seqs:
+            try:
+                out = self.runner.execute(StepBatch([seq], finished_ids))
+            except Exception as exc:  # noqa: BLE001 - this sequence alone fails
+                log.warning("request %s failed in the model runner: %s", seq.req_id, exc)
+                failed += self._fail([seq.req_id], f"model runner failed: {exc}")
+                continue
+            finally:
+                finished_ids = []
+            kept.append(seq)
+            sampled.update(out.sampled)
+        return StepBatch(kept), RunnerOutput(sampled), failed
 
     def _fail(self, req_ids: list[str], message: str) -> list[RequestOutput]:
         outputs = [make_output(r, [], error=message) for r in self.scheduler.abort(req_ids)]
@@ -180,3 +213,4 @@ class LLMEngine:
 def _spec_knobs(config: SpecDecodeConfig) -> dict[str, Any]:
     return {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
             if f.name not in ("speculative_method", "speculative_model")}
+

@@ -18,6 +18,18 @@ class Replica:
     consecutive_failures: int = 0
     last_check: float = field(default_factory=time.monotonic)
 
+    def __post_init__(self) -> None:
+        # An in-process backend that knows at once when it dies and comes back (the native engine's
+        # restart) reports it here, so routing and /health do not wait for the next probe.
+        if hasattr(self.backend, "health_listener"):
+            self.backend.health_listener = self._on_backend_health
+
+    def _on_backend_health(self, up: bool) -> None:
+        if up:
+            self.mark_up()
+        else:
+            self.mark_down()
+
     def mark_down(self) -> None:
         self.healthy = False
         self.consecutive_failures += 1

@@ -90,7 +90,7 @@ def test_stop_strings_cut_the_text_and_finish_with_stop(tok: Tokenizer) -> None:
 
 
 class FlakyRunner(FakePagedRunner):
-    """FAKE runner whose second step raises, to test that a runner failure aborts only that step."""
+    """FAKE runner whose second call raises once (a transient fault of the whole batch)."""
 
     def execute(self, batch: StepBatch) -> RunnerOutput:
         if len(self.batches) == 1:
@@ -99,15 +99,56 @@ class FlakyRunner(FakePagedRunner):
         return super().execute(batch)
 
 
-def test_a_runner_failure_aborts_the_step_with_an_error_and_frees_blocks() -> None:
+class PoisonRunner(FakePagedRunner):
+    """FAKE runner that fails every batch holding a sequence whose prompt starts with `poison`."""
+
+    def __init__(self, *args, poison: int = 99, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(*args, **kwargs)
+        self.poison = poison
+
+    def execute(self, batch: StepBatch) -> RunnerOutput:
+        bad = [s.req_id for s in batch.seqs if s.prompt_token_ids[0] == self.poison]
+        if bad:
+            raise RuntimeError(f"cannot run {bad[0]}")
+        return super().execute(batch)
+
+
+def test_a_failing_sequence_fails_alone_and_the_batch_goes_on() -> None:
+    eng = LLMEngine(PoisonRunner(64, block_size=4), SchedulerConfig())
+    params = SamplingParams(max_tokens=6, ignore_eos=True)
+    eng.add_request("good", [4, 5, 6], params)
+    eng.add_request("bad", [99, 1, 2], params)
+    eng.add_request("good2", [7, 8], params)
+    outs: dict[str, list] = {"good": [], "bad": [], "good2": []}
+    while eng.has_unfinished():
+        for o in eng.step():
+            outs[o.group_id].append(o)
+    assert [o.error for o in outs["bad"]] == ["model runner failed: cannot run bad"]
+    assert outs["bad"][0].finish_reason == "abort"
+    assert tokens(outs["good"]) == reference_continuation([4, 5, 6], 6)
+    assert tokens(outs["good2"]) == reference_continuation([7, 8], 6)
+    assert all(o.error is None for o in outs["good"] + outs["good2"])
+    assert eng.scheduler.kv.num_free_blocks() == 64
+
+
+def test_a_transient_batch_failure_is_retried_per_sequence_without_losing_tokens() -> None:
     eng = LLMEngine(FlakyRunner(32, block_size=4), SchedulerConfig())
-    eng.add_request("a", [1, 2, 3], SamplingParams(max_tokens=5))
-    eng.step()
-    failed = eng.step()
-    assert [o.error for o in failed] == ["model runner failed: device lost"]
-    assert failed[0].finish_reason == "abort"
+    [outs] = eng.generate([[1, 2, 3]], SamplingParams(max_tokens=5, ignore_eos=True))
+    assert all(o.error is None for o in outs)
+    assert tokens(outs) == reference_continuation([1, 2, 3], 5)
     assert not eng.has_unfinished() and eng.scheduler.kv.num_free_blocks() == 32
-    assert tokens(eng.generate([[4, 5]], SamplingParams(max_tokens=2))[0]) == reference_continuation([4, 5], 2)
+
+
+def test_prompt_ids_outside_the_vocabulary_are_rejected_before_any_step() -> None:
+    eng = LLMEngine(FakePagedRunner(32, block_size=4, vocab_size=101), SchedulerConfig())
+    for bad, param in (([5, 101], "prompt"), ([-1], "prompt")):
+        with pytest.raises(RequestRejected) as e:
+            eng.add_request("x", bad, SamplingParams(max_tokens=2))
+        assert e.value.param == param
+    with pytest.raises(RequestRejected) as e:
+        eng.add_request("y", [1], SamplingParams(max_tokens=2, logit_bias={500: 1.0}))
+    assert e.value.param == "logit_bias"
+    assert not eng.has_unfinished()
 
 
 def test_abort_request_by_group_id_frees_every_sample() -> None:

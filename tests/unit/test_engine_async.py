@@ -125,3 +125,25 @@ def test_launch_reports_a_failed_build() -> None:
         with pytest.raises(ValueError, match="no such model"):
             await AsyncEngine.launch(broken)
     asyncio.run(main())
+
+
+def test_an_engine_crash_ends_every_open_stream_and_tells_the_owner() -> None:
+    from serve.engine import faults
+    from serve.engine.async_engine import EngineDead
+
+    async def main() -> None:
+        died: list[BaseException] = []
+        eng = AsyncEngine(LLMEngine(SlowRunner(64, block_size=4), SchedulerConfig()), on_death=died.append)
+        eng.start()
+        faults.arm_engine_crash(eng.engine.num_steps + 5)
+        params = SamplingParams(max_tokens=100, ignore_eos=True)
+        streams = [eng.add_request(f"r{i}", [1 + i, 2, 3], params) for i in range(3)]
+        results = await asyncio.wait_for(
+            asyncio.gather(*(collect(s) for s in streams), return_exceptions=True), timeout=10)
+        assert all(isinstance(r, EngineDead) for r in results), results
+        assert len(died) == 1 and isinstance(died[0], faults.InjectedFault)
+        assert not eng.is_running
+        with pytest.raises(EngineDead):
+            eng.add_request("late", [1], params)
+        await eng.stop()
+    asyncio.run(main())
