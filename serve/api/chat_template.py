@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import secrets
 from datetime import datetime
 from functools import lru_cache
 from typing import Any
@@ -60,3 +62,54 @@ def render(template: str | None, messages: list[dict[str, Any]], bos_token: str 
     except (TemplateError, TypeError, ValueError, KeyError, AttributeError) as e:
         # SecurityError (sandbox violation) is a TemplateError subclass.
         raise ChatTemplateError(f"chat template failed to render: {e}") from e
+
+
+Segment = tuple[str, bool]  # (text, is message content)
+
+
+def render_segments(template: str | None, messages: list[dict[str, Any]], bos_token: str = "",
+                    eos_token: str = "", add_generation_prompt: bool = True, **extra: Any) -> list[Segment]:
+    """Render, and say which stretches of the prompt are message content (user text that must never
+    be read as control tokens) and which are the template's own text.
+
+    Content is wrapped in markers holding a random nonce (a client cannot forge them). A template may
+    transform content (`| trim`), so the markers first go around the whole content, then around its
+    stripped core; the first placement whose marker-free text equals the plain rendering is used."""
+    plain = render(template, messages, bos_token, eos_token, add_generation_prompt, **extra)
+    nonce = secrets.token_hex(8)
+    left, right = f"\ue000{nonce}\ue001", f"\ue002{nonce}\ue003"
+    segments: list[Segment] = [(plain, False)]
+    for inner in (False, True):
+        marked = [_mark(m, left, right, inner) for m in messages]
+        segments = _split(render(template, marked, bos_token, eos_token, add_generation_prompt, **extra),
+                          left, right)
+        if "".join(t for t, _ in segments) == plain:
+            break
+    return segments
+
+
+def _mark(message: dict[str, Any], left: str, right: str, inner: bool) -> dict[str, Any]:
+    content = message.get("content")
+    if not isinstance(content, str) or not content:
+        return message
+    if not inner:
+        return {**message, "content": f"{left}{content}{right}"}
+    core = content.strip()
+    head = content[:len(content) - len(content.lstrip())]
+    tail = content[len(content.rstrip()):] if core else ""
+    return {**message, "content": f"{head}{left}{core}{right}{tail}"}
+
+
+def _split(rendered: str, left: str, right: str) -> list[Segment]:
+    out: list[Segment] = []
+    pos = 0
+    for m in re.finditer(re.escape(left) + "(.*?)" + re.escape(right), rendered, flags=re.DOTALL):
+        if m.start() > pos:
+            out.append((rendered[pos:m.start()], False))
+        if m.group(1):
+            out.append((m.group(1), True))
+        pos = m.end()
+    if pos < len(rendered):
+        out.append((rendered[pos:], False))
+    # A marker the template cut in half (e.g. content sliced) must not leak into the prompt.
+    return [(t.replace(left, "").replace(right, ""), c) for t, c in out]

@@ -12,7 +12,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from serve.api import responses as R
-from serve.api.chat_template import render
+from serve.api.chat_prompt import chat_prompt
 from serve.api.errors import invalid
 from serve.api.metering import metered
 from serve.api.protocol import ChatCompletionRequest, CompletionRequest, _Common, parse
@@ -47,12 +47,12 @@ def fit_context(prompt_len: int, params: SamplingParams, max_len: int) -> Sampli
 
 
 async def _local_request(backend: Backend, rid: str, params: SamplingParams, prompt: str | list[int],
-                         add_special: bool, model: str, priority: int) -> GenerateRequest:
+                         add_special: bool, model: str, priority: int, text: str | None = None) -> GenerateRequest:
     if isinstance(prompt, str):
         ids = await backend.tokenize(prompt, add_special=add_special)
-        text: str | None = prompt
+        text = prompt
     else:
-        ids, text = list(prompt), None
+        ids = list(prompt)
     if not ids:
         raise invalid("the prompt is empty", "prompt")
     vocab = backend.info.vocab_size
@@ -80,8 +80,8 @@ async def chat_completions(request: Request) -> Response:
             # vLLM's rule too: guessing a template for a base model gives confident nonsense.
             raise invalid(f"model '{req.model}' has no chat template (a base model?); use /v1/completions",
                           "messages", "no_chat_template")
-        prompt = render(info.chat_template, messages, info.bos_token, info.eos_token, req.add_generation_prompt)
-        return await _local_request(backend, rid, params, prompt, False, req.model, req.priority)
+        text, ids = await chat_prompt(backend, info, messages, req.add_generation_prompt)
+        return await _local_request(backend, rid, params, ids, False, req.model, req.priority, text)
 
     prefix_key = "\x00".join(str(m["content"]) for m in messages[:2])[:1024]
     events = state.router.stream(group, make, prefix_key)
@@ -121,7 +121,9 @@ async def _respond(request: Request, state: AppState, req: _Common, model: str, 
     if not req.stream:
         choices, usage = await until_disconnect(request, _collect(events))
         return JSONResponse(fmt.response(choices, usage))
-    first, rest = await prime(events)
+    # Waiting for the first token (queue + prefill) watches the client too: one that leaves while
+    # queued gives back its admission slot and never costs a prefill.
+    first, rest = await until_disconnect(request, prime(events))
     frames = fmt.frames(chain_first(first, rest), req.include_usage)
     return StreamingResponse(sse_body(frames, lambda e: to_api_error(e, state, model), rest),
                              media_type="text/event-stream",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import Request
 
-from serve.api.chat_template import render
+from serve.api.chat_prompt import chat_prompt
 from serve.api.errors import invalid
 from serve.api.protocol import DetokenizeRequest, TokenizeRequest, parse
 from serve.api.state import AppState, read_json
@@ -24,10 +24,11 @@ async def tokenize(request: Request) -> dict:
     replica = state.router.pick(group, "")
     info = replica.backend.info
     if req.messages is not None:
-        messages = [m.flat() for m in req.messages]
-        text = render(info.chat_template, messages, info.bos_token, info.eos_token, req.add_generation_prompt)
-        add_special = False
-    elif req.prompt is not None:
+        # The same path as a chat request, so /tokenize counts exactly what the engine will see.
+        _, tokens = await chat_prompt(replica.backend, info, [m.flat() for m in req.messages],
+                                      req.add_generation_prompt)
+        return {"tokens": tokens, "count": len(tokens), "max_model_len": info.max_model_len}
+    if req.prompt is not None:
         text, add_special = req.prompt, req.add_special_tokens
     else:
         raise invalid("give either 'prompt' or 'messages'", "prompt")

@@ -118,8 +118,9 @@ class Backend(Protocol):
     async def check_health(self) -> bool:
         """True when the replica can serve a request now."""
 
-    async def tokenize(self, text: str, add_special: bool = True) -> list[int]:
-        """Text -> token ids with this model's tokenizer (special tokens in `text` are parsed)."""
+    async def tokenize(self, text: str, add_special: bool = True, parse_special: bool = True) -> list[int]:
+        """Text -> token ids with this model's tokenizer. `parse_special`: special-token text such as
+        `<|im_end|>` becomes its control id; False: it is tokenized as plain text (user content)."""
 
     async def detokenize(self, token_ids: list[int]) -> str: ...
 

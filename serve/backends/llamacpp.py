@@ -75,8 +75,8 @@ class LlamaCppBackend:
     async def check_health(self) -> bool:
         return self.engine is not None and self.engine._thread.is_alive()
 
-    async def tokenize(self, text: str, add_special: bool = True) -> list[int]:
-        return self._engine().tokenize(text, add_special)
+    async def tokenize(self, text: str, add_special: bool = True, parse_special: bool = True) -> list[int]:
+        return self._engine().tokenize(text, add_special, parse_special)
 
     async def detokenize(self, token_ids: list[int]) -> str:
         return self._engine().detokenize(token_ids)

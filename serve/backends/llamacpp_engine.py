@@ -309,8 +309,8 @@ class LlamaCppEngine:
         job.emit("done", Finished(reason, len(job.prompt), job.n_out, job.queue_time, job.cached, tail, detail))
 
     # ---- tokenizer (thread-safe: reads the vocabulary only) --------------------------------------
-    def tokenize(self, text: str, add_special: bool) -> list[int]:
-        return self.model.tokenize(text.encode("utf-8"), add_bos=add_special, special=True)
+    def tokenize(self, text: str, add_special: bool, parse_special: bool = True) -> list[int]:
+        return self.model.tokenize(text.encode("utf-8"), add_bos=add_special, special=parse_special)
 
     def detokenize(self, ids: list[int]) -> str:
         if any(not 0 <= t < self.n_vocab for t in ids):

@@ -129,9 +129,10 @@ class NativeBackend:
     async def check_health(self) -> bool:
         return self.engine is not None and self.engine.is_running
 
-    async def tokenize(self, text: str, add_special: bool = True) -> list[int]:
+    async def tokenize(self, text: str, add_special: bool = True, parse_special: bool = True) -> list[int]:
         self._engine()
-        return list(self.tokenizer.encode(text, add_special_tokens=add_special))
+        return list(self.tokenizer.encode(text, add_special_tokens=add_special,
+                                          split_special_tokens=not parse_special))
 
     async def detokenize(self, token_ids: list[int]) -> str:
         self._engine()

@@ -89,7 +89,12 @@ class RemoteBackend:
                 continue
         return False
 
-    async def tokenize(self, text: str, add_special: bool = True) -> list[int]:
+    async def tokenize(self, text: str, add_special: bool = True, parse_special: bool = True) -> list[int]:
+        # The upstream templates chat itself (templates_locally=False), so the content-as-text split
+        # of chat_prompt never runs here; an upstream /tokenize always parses special-token text.
+        if not parse_special:
+            raise BackendError("the remote backend cannot tokenize with special-token parsing off", 400,
+                               "invalid_request_error")
         data = await self._post_json(f"{self.root}/tokenize", {"model": self.spec.model, "prompt": text,
                                                                 "add_special_tokens": add_special})
         return list(data["tokens"])

@@ -158,8 +158,8 @@ class VLLMBackend:
     async def check_health(self) -> bool:
         return bool(self.child and self.child.alive() and self.inner and await self.inner.check_health())
 
-    async def tokenize(self, text: str, add_special: bool = True) -> list[int]:
-        return await self._inner().tokenize(text, add_special)
+    async def tokenize(self, text: str, add_special: bool = True, parse_special: bool = True) -> list[int]:
+        return await self._inner().tokenize(text, add_special, parse_special)
 
     async def detokenize(self, token_ids: list[int]) -> str:
         return await self._inner().detokenize(token_ids)

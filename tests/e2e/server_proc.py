@@ -51,10 +51,11 @@ class ServerProc:
                 self.kill()
 
 
-def start_server(args: list[str], tmp_dir: Path, timeout_s: float = 120.0, wait: bool = True) -> ServerProc:
+def start_server(args: list[str], tmp_dir: Path, timeout_s: float = 120.0, wait: bool = True,
+                 env: dict[str, str] | None = None) -> ServerProc:
     port = free_port()
     log_path = tmp_dir / f"server-{port}.log"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
     cmd = [sys.executable, "-m", "serve.cli", "serve", "--port", str(port), *args]
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
