@@ -17,7 +17,7 @@ async def metered(events: AsyncIterator[StreamEvent], metrics: Metrics, model: s
     last = started
     finish: dict[int, str] = {}
     try:
-        async for ev in events:
+        async for ev in events:  # closed in `finally`: an abort must reach the backend at once
             now = time.monotonic()
             if isinstance(ev, Delta) and (ev.text or ev.token_ids):
                 if first is None:
@@ -36,6 +36,7 @@ async def metered(events: AsyncIterator[StreamEvent], metrics: Metrics, model: s
             metrics.success.labels(model, reason).inc()
     finally:
         labels.dec()
+        await events.aclose()  # type: ignore[attr-defined]
 
 
 def _record_usage(metrics: Metrics, model: str, u: Usage) -> None:

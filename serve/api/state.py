@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fastapi import Request
+from starlette.requests import ClientDisconnect
 
 from serve.api.chat_template import ChatTemplateError
 from serve.api.errors import APIError
@@ -40,10 +41,13 @@ async def read_json(request: Request, state: AppState) -> Any:
     if declared and declared.isdigit() and int(declared) > limit:
         raise APIError(413, f"request body of {declared} bytes exceeds the limit of {limit} bytes")
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise APIError(413, f"request body exceeds the limit of {limit} bytes")
+    try:
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise APIError(413, f"request body exceeds the limit of {limit} bytes")
+    except ClientDisconnect as e:  # gone while sending its body: nothing to answer, nothing to log
+        raise APIError(499, "client disconnected", kind="client_closed_request") from e
     try:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError) as e:

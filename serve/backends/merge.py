@@ -17,8 +17,11 @@ async def merge(streams: list[AsyncIterator[StreamEvent]], offsets: list[int],
                 shared_prompt: bool) -> AsyncIterator[StreamEvent]:
     """`shared_prompt`: the streams ran one prompt (n fan-out), so prompt tokens count once."""
     if len(streams) == 1 and offsets[0] == 0:
-        async for ev in streams[0]:
-            yield ev
+        # Closing this generator must close the stream now (that aborts the generation), not when the
+        # garbage collector finalizes it: a reference cycle can delay that by seconds.
+        async with contextlib.aclosing(streams[0]) as only:  # type: ignore[type-var]
+            async for ev in only:
+                yield ev
         return
     queue: asyncio.Queue = asyncio.Queue()
 
