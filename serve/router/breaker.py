@@ -94,6 +94,10 @@ class CircuitBreaker:
         else:
             self._open()
 
+    def reset(self) -> None:
+        """Forget the past: the replica was seen down and came back (its probe passed again)."""
+        self._close()
+
     def _open(self) -> None:
         self._opened_at = self._clock()
         self._trial_out = False

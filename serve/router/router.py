@@ -174,7 +174,10 @@ class Router:
         except BackendBusy:
             raise
         except BackendUnavailable:
-            verdict = False  # refused, reset, timed out, 5xx: before or after the first token
+            # Refused, reset, timed out, 5xx before the first token: a fault. A failure mid-stream is
+            # not counted: one incident (an engine restart, say) would end many streams at once and
+            # count as many faults; the replica's next request or probe tells the truth.
+            verdict = None if attempt.started else False
             raise
         finally:
             replica.outstanding -= 1
@@ -221,6 +224,9 @@ class Router:
         if ok and not replica.healthy:
             log.info("replica %s is up", replica.replica_id)
             replica.mark_up()
+            # Faults counted while it was down are explained by its being down: start afresh, so a
+            # replica that restarted is not kept out for a cooldown after it came back.
+            replica.breaker.reset()
         elif not ok and replica.healthy:
             log.warning("replica %s is down", replica.replica_id)
             replica.mark_down()

@@ -119,3 +119,10 @@ def test_threshold_of_one_and_zero_cooldown() -> None:
 def test_config_is_validated(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         BreakerConfig(**kwargs)
+
+
+def test_reset_closes_from_any_state() -> None:
+    b, _ = make()
+    trip(b)
+    b.reset()
+    assert b.state is BreakerState.CLOSED and b.failures == 0

@@ -141,11 +141,25 @@ def test_half_open_lets_one_concurrent_trial_through() -> None:
     asyncio.run(main())
 
 
-def test_mid_stream_fault_counts_but_is_not_retried() -> None:
+def test_mid_stream_fault_is_neither_retried_nor_counted() -> None:
     router, group = make_router(FakeBackend("a", fail_at=1), FakeBackend("b"))
     with pytest.raises(BackendUnavailable):
         run(router, group)
-    assert group.replicas[0].consecutive_failures == 1 and group.retries == 0
+    assert group.replicas[0].consecutive_failures == 0 and group.retries == 0
+
+
+def test_replica_seen_down_then_up_by_its_probe_starts_with_a_closed_circuit() -> None:
+    clock = Clock()
+    a = FakeBackend("a", healthy=False)
+    router, group = make_router(a, FakeBackend("b"))
+    with_breakers(router, group, clock, failures=1)
+    ra = group.replicas[0]
+    ra.breaker.failure()  # e.g. a request that raced its restart
+    asyncio.run(router.check_health())
+    assert not ra.healthy and ra.breaker.state is BreakerState.OPEN
+    a.healthy = True
+    asyncio.run(router.check_health())  # back up: no cooldown to wait out
+    assert ra.routable() and ra.breaker.state is BreakerState.CLOSED
 
 
 def test_timeouts_everywhere_end_in_504() -> None:
