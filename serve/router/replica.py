@@ -30,6 +30,7 @@ class Replica:
     def _on_backend_health(self, up: bool) -> None:
         if up:
             self.mark_up()
+            self.breaker.reset()  # faults while it was down are explained: no cooldown after a restart
         else:
             self.mark_down()
 
