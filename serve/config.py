@@ -29,6 +29,22 @@ class ReplicaSpec:
 
 
 @dataclass(frozen=True)
+class BreakerConfig:
+    """Per-replica circuit breaker: after `failures` consecutive faults (refused or reset connections,
+    timeouts, 5xx before the first token) the replica gets no traffic for `cooldown_s` seconds, then
+    one trial request (or a passing health probe) decides whether it serves again."""
+
+    failures: int = 3
+    cooldown_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.failures < 1:
+            raise ValueError("breaker failures must be >= 1")
+        if self.cooldown_s < 0:
+            raise ValueError("breaker cooldown_s must be >= 0")
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     """A model name clients use, its aliases, its replicas and how requests are spread over them."""
 
@@ -38,6 +54,7 @@ class ModelConfig:
     policy: str = "least-outstanding"
     # Requests admitted at once (running + queued) before new ones get 503 + Retry-After.
     max_outstanding: int = 256
+    breaker: BreakerConfig = BreakerConfig()  # applied to each replica of this model
 
     def __post_init__(self) -> None:
         if not self.name:

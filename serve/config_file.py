@@ -6,10 +6,11 @@
     aliases = ["default"]
     policy = "prefix-affinity"    # round-robin | least-outstanding | prefix-affinity
     max_outstanding = 64          # admitted requests before 503
+    breaker = { failures = 3, cooldown_s = 10.0 }   # per replica: faults in a row -> no traffic for cooldown_s
     [[models.replicas]]
     backend = "llamacpp"          # llamacpp | native | vllm | remote
     model = "smollm2-135m-instruct"
-    options = { n_parallel = 4 }
+    options = { n_parallel = 4 }  # remote also reads connect_timeout_s, first_byte_timeout_s, read_timeout_s
 """
 
 from __future__ import annotations
@@ -20,10 +21,11 @@ from typing import Any
 
 import yaml
 
-from serve.config import ModelConfig, ReplicaSpec, ServerConfig
+from serve.config import BreakerConfig, ModelConfig, ReplicaSpec, ServerConfig
 
 _SERVER_KEYS = {"host", "port", "api_key", "max_body_bytes", "health_interval_s", "log_level"}
-_MODEL_KEYS = {"name", "aliases", "policy", "max_outstanding", "replicas"}
+_MODEL_KEYS = {"name", "aliases", "policy", "max_outstanding", "replicas", "breaker"}
+_BREAKER_KEYS = {"failures", "cooldown_s"}
 _REPLICA_KEYS = {"backend", "model", "url", "api_key", "options"}
 
 
@@ -70,9 +72,12 @@ def from_dict(data: dict[str, Any], overrides: dict[str, Any]) -> ServerConfig:
             _check_keys(f"models[{i}].replicas[{j}]", r, _REPLICA_KEYS)
             options = _mapping(f"models[{i}].replicas[{j}].options", r.get("options") or {})
             replicas.append(ReplicaSpec(**{**r, "options": dict(options)}))
+        breaker = dict(_mapping(f"models[{i}].breaker", m.get("breaker") or {}))
+        _check_keys(f"models[{i}].breaker", breaker, _BREAKER_KEYS)
         models.append(ModelConfig(name=m.get("name", ""), replicas=tuple(replicas),
                                   aliases=tuple(m.get("aliases") or ()), policy=m.get("policy", "least-outstanding"),
-                                  max_outstanding=int(m.get("max_outstanding", 256))))
+                                  max_outstanding=int(m.get("max_outstanding", 256)),
+                                  breaker=BreakerConfig(**breaker)))
     if not models:
         raise ValueError("the config declares no models")
     return ServerConfig(models=tuple(models), **server)

@@ -57,7 +57,7 @@ def create_app(config: ServerConfig, router: Router) -> FastAPI:
 def _model_card(state: AppState, name: str, created: int) -> dict:
     group = state.router.resolve(name)
     card = {"id": name, "object": "model", "created": created, "owned_by": "sluice", "root": group.name}
-    healthy = [r for r in group.replicas if r.healthy]
+    healthy = [r for r in group.replicas if r.up]
     if healthy:  # vLLM reports it here too; the remote backend reads it to check context up front
         card["max_model_len"] = min(r.backend.info.max_model_len for r in healthy)
     return card
@@ -126,7 +126,7 @@ def _routes(app: FastAPI, state: AppState) -> None:
 
     @app.get("/health")
     async def health() -> Response:
-        healthy = [r for r in state.router.all_replicas() if r.healthy]
+        healthy = [r for r in state.router.all_replicas() if r.up]
         if not state.ready or not healthy:
             status = "loading" if not state.ready else "unhealthy"
             return JSONResponse({"status": status}, status_code=503, headers={"Retry-After": "1"})
@@ -135,7 +135,8 @@ def _routes(app: FastAPI, state: AppState) -> None:
     @app.get("/metrics")
     async def metrics() -> Response:
         for r in state.router.all_replicas():
-            state.metrics.replica_healthy.labels(r.model, r.replica_id).set(1.0 if r.healthy else 0.0)
+            state.metrics.replica_healthy.labels(r.model, r.replica_id).set(1.0 if r.up else 0.0)
+            state.metrics.circuit.labels(r.model, r.replica_id).set(r.breaker.state.value)
         for g in state.router.groups.values():
             state.metrics.waiting.labels(g.name).set(max(0, g.admitted - sum(r.outstanding for r in g.replicas)))
         return Response(state.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")

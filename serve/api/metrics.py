@@ -75,8 +75,11 @@ class Metrics:
         self.errors = Counter("sluice:request_errors", "failed requests", m + ["type"], registry=r)
         self.upstream = Histogram("sluice:replica_request_latency_seconds", "latency per replica",
                                   ["replica", "outcome"], buckets=_LAT, registry=r)
-        self.replica_healthy = Gauge("sluice:replica_healthy", "1 when the replica passes health checks",
+        self.replica_healthy = Gauge("sluice:replica_healthy",
+                                     "1 when the replica passes health checks and its circuit is not open",
                                      ["model", "replica"], registry=r)
+        self.circuit = Gauge("sluice:replica_circuit_state", "circuit breaker: 0 closed, 1 half-open, 2 open",
+                             ["model", "replica"], registry=r)
         self.retries = Counter("sluice:replica_retries", "requests moved to another replica", m, registry=r)
         if stats_source is not None:
             r.register(_EngineCollector(stats_source))

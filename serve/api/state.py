@@ -72,7 +72,9 @@ def _map(exc: BaseException) -> APIError:
         return APIError(503, str(exc), kind="service_unavailable", code="overloaded",
                         headers={"Retry-After": "1"})
     if isinstance(exc, BackendError):
-        headers = {"Retry-After": "1"} if exc.status == 503 else None
+        # An upstream's own Retry-After passes through; otherwise a busy or absent replica says 1 s.
+        retry = exc.retry_after or ("1" if exc.status in (429, 503) else None)
+        headers = {"Retry-After": retry} if retry else None
         return APIError(exc.status, str(exc), param=exc.param, code=exc.code, kind=exc.kind, headers=headers)
     if isinstance(exc, ChatTemplateError):
         return APIError(400, str(exc), param="messages")

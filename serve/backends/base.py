@@ -25,12 +25,37 @@ class BackendError(Exception):
         self.param = param
         self.code = code
 
+    # Seconds (as the header's text) for the client's Retry-After; None: the HTTP layer's default.
+    retry_after: str | None = None
+
 
 class BackendUnavailable(BackendError):
     """The replica cannot serve now (down, crashed, connection refused). The router may retry elsewhere."""
 
     def __init__(self, message: str) -> None:
         super().__init__(message, status=503, kind="service_unavailable")
+
+
+class BackendBusy(BackendUnavailable):
+    """The replica is up but refuses more work now (an upstream 429, or a 503 carrying Retry-After):
+    backpressure, not a fault. The router tries another replica and does not count it against this one."""
+
+    def __init__(self, message: str, status: int = 429, retry_after: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.kind = "rate_limit_error" if status == 429 else "service_unavailable"
+        self.code = "upstream_busy"
+        self.retry_after = retry_after
+
+
+class BackendTimeout(BackendUnavailable):
+    """The replica accepted the request and then went silent past a deadline (a fault: it counts)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.status = 504
+        self.kind = "timeout_error"
+        self.code = "upstream_timeout"
 
 
 class Unsupported(BackendError):

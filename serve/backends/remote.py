@@ -2,19 +2,29 @@
 
 Chat requests go upstream as chat requests (the upstream applies its own template); upstream errors
 keep their status and message inside our envelope; a refused connection or a 5xx before the first
-chunk is `BackendUnavailable`, so the router retries another replica.
+chunk is `BackendUnavailable`, so the router retries another replica; a 429 (or a 503 with
+Retry-After) is `BackendBusy`: backpressure, retried elsewhere without counting against the upstream.
+
+Deadlines (replica options, seconds): `connect_timeout_s` to connect, `first_byte_timeout_s` from
+sending the request to its first SSE event, `read_timeout_s` between events after that. An upstream
+that accepts and then hangs ends in `BackendTimeout` instead of holding the client forever; one that
+closes the stream before `[DONE]` (and before every choice finished) is a failure, not a short answer.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 
 from serve.backends.base import (
+    BackendBusy,
     BackendError,
+    BackendTimeout,
     BackendUnavailable,
     Delta,
     GenerateRequest,
@@ -26,7 +36,22 @@ from serve.backends.base import (
 from serve.config import ReplicaSpec
 from serve.sampling_params import SamplingParams
 
-_TIMEOUT = httpx.Timeout(connect=5.0, read=600.0, write=30.0, pool=30.0)
+
+@dataclass(frozen=True)
+class Deadlines:
+    connect_s: float = 5.0
+    # Generous: a busy upstream may queue a long prompt before its first event.
+    first_byte_s: float = 120.0
+    read_s: float = 60.0  # between two SSE lines once the stream has started
+
+    @classmethod
+    def from_options(cls, options: dict[str, Any]) -> Deadlines:
+        d = cls(connect_s=float(options.get("connect_timeout_s", cls.connect_s)),
+                first_byte_s=float(options.get("first_byte_timeout_s", cls.first_byte_s)),
+                read_s=float(options.get("read_timeout_s", cls.read_s)))
+        if min(d.connect_s, d.first_byte_s, d.read_s) <= 0:
+            raise ValueError("remote timeouts (connect_timeout_s, first_byte_timeout_s, read_timeout_s) must be > 0")
+        return d
 
 
 def _body(p: SamplingParams) -> dict[str, Any]:
@@ -59,7 +84,11 @@ class RemoteBackend:
         headers = {"Authorization": f"Bearer {spec.api_key}"} if spec.api_key else {}
         limits = httpx.Limits(max_connections=int(spec.options.get("max_connections", 1024)),
                               max_keepalive_connections=64)
-        self.client = httpx.AsyncClient(timeout=_TIMEOUT, headers=headers, limits=limits)
+        self.deadlines = Deadlines.from_options(spec.options)
+        # httpx's own read timeout is only a backstop: generate() enforces the phase deadlines itself.
+        backstop = max(self.deadlines.first_byte_s, self.deadlines.read_s) + 5.0
+        timeout = httpx.Timeout(connect=self.deadlines.connect_s, read=backstop, write=30.0, pool=30.0)
+        self.client = httpx.AsyncClient(timeout=timeout, headers=headers, limits=limits)
         self._info = ModelInfo(max_model_len=int(spec.options.get("max_model_len", 1 << 20)),
                                templates_locally=False)
 
@@ -109,7 +138,7 @@ class RemoteBackend:
         except httpx.HTTPError as e:
             raise BackendUnavailable(f"upstream {self.root} unreachable: {e}") from e
         if r.status_code != 200:
-            raise _upstream_error(r.status_code, r.text)
+            raise _upstream_error(r.status_code, r.text, r.headers.get("retry-after"))
         return r.json()
 
     async def abort(self, request_id: str) -> None:
@@ -128,33 +157,102 @@ class RemoteBackend:
             if request.params.logprobs is not None:
                 body["logprobs"] = request.params.logprobs
         url = f"{self.base}/{'chat/completions' if chat else 'completions'}"
+        # One first-byte deadline covers connecting, the status line and the first SSE line.
+        deadline = asyncio.get_running_loop().time() + self.deadlines.first_byte_s
+        resp = await self._send(url, body, deadline)
         try:
-            async with self.client.stream("POST", url, json=body) as resp:
-                if resp.status_code != 200:
-                    raise _upstream_error(resp.status_code, (await resp.aread()).decode("utf-8", "replace"))
-                async for event in _events(resp, chat):
-                    yield event
+            async for event in _events(_lines(resp, self.deadlines, deadline, self.base), chat):
+                yield event
         except httpx.HTTPError as e:
-            raise BackendUnavailable(f"upstream {self.base} failed: {e}") from e
+            raise _transport_error(self.base, e, "mid-stream") from e
+        finally:
+            await resp.aclose()
+
+    async def _send(self, url: str, body: dict[str, Any], deadline: float) -> httpx.Response:
+        """POST and wait for the status line by `deadline` (loop time); a non-200 is raised."""
+        request = self.client.build_request("POST", url, json=body)
+        try:
+            async with asyncio.timeout_at(deadline):
+                resp = await self.client.send(request, stream=True)
+        except TimeoutError as e:
+            raise BackendTimeout(f"upstream {self.base} sent nothing within "
+                                 f"{self.deadlines.first_byte_s:g}s") from e
+        except httpx.HTTPError as e:
+            raise _transport_error(self.base, e, "before the first byte") from e
+        if resp.status_code != 200:
+            try:
+                text = (await resp.aread()).decode("utf-8", "replace")
+            except httpx.HTTPError:
+                text = ""
+            finally:
+                await resp.aclose()
+            raise _upstream_error(resp.status_code, text, resp.headers.get("retry-after"))
+        return resp
 
 
-async def _events(resp: httpx.Response, chat: bool) -> AsyncIterator[StreamEvent]:
-    async for line in resp.aiter_lines():
+def _transport_error(base: str, e: httpx.HTTPError, when: str) -> BackendUnavailable:
+    if isinstance(e, httpx.TimeoutException):
+        return BackendTimeout(f"upstream {base} timed out {when}: {e!r}")
+    return BackendUnavailable(f"upstream {base} failed {when}: {e!r}")
+
+
+@dataclass
+class _Progress:
+    """What a stream has said so far, to tell a finished answer from one cut short."""
+
+    seen: set[int] = field(default_factory=set)
+    finished: set[int] = field(default_factory=set)
+
+    def complete(self) -> bool:
+        return bool(self.seen) and self.seen <= self.finished
+
+
+async def _lines(resp: httpx.Response, d: Deadlines, first_by: float, base: str) -> AsyncIterator[str]:
+    """The response's lines, each within its deadline: the first by `first_by` (loop time), the rest
+    `read_s` after the one before. The deadline wraps only the read, never the consumer's work."""
+    lines = resp.aiter_lines()
+    loop = asyncio.get_running_loop()
+    deadline = first_by
+    while True:
+        try:
+            async with asyncio.timeout_at(deadline):
+                line = await anext(lines)
+        except StopAsyncIteration:
+            return
+        except TimeoutError as e:
+            raise BackendTimeout(f"upstream {base} went silent (deadline {d.first_byte_s:g}s to the first "
+                                 f"event, {d.read_s:g}s between events)") from e
+        deadline = loop.time() + d.read_s
+        yield line
+
+
+async def _events(lines: AsyncIterator[str], chat: bool) -> AsyncIterator[StreamEvent]:
+    progress = _Progress()
+    async for line in lines:
         if not line.startswith("data:"):
             continue
         data = line[5:].strip()
         if data == "[DONE]":
             return
-        chunk = json.loads(data)
+        try:
+            chunk = json.loads(data)
+        except ValueError as e:
+            raise BackendUnavailable(f"upstream sent a malformed SSE event: {data[:200]!r}") from e
         if "error" in chunk:
             err = chunk["error"]
             raise BackendError(f"upstream error: {err.get('message', err)}", 500)
         for choice in chunk.get("choices") or ():
-            yield _delta(choice, chat)
+            delta = _delta(choice, chat)
+            progress.seen.add(delta.index)
+            if delta.finish_reason:
+                progress.finished.add(delta.index)
+            yield delta
         if chunk.get("usage"):
             u = chunk["usage"]
             cached = (u.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
             yield Usage(int(u.get("prompt_tokens", 0)), int(u.get("completion_tokens", 0)), int(cached))
+    if not progress.complete():
+        raise BackendUnavailable("upstream closed the stream before it finished (no [DONE])")
 
 
 def _delta(choice: dict[str, Any], chat: bool) -> Delta:
@@ -175,7 +273,7 @@ def _logprobs(lp: dict[str, Any] | None, chat: bool) -> tuple[TokenLogprob, ...]
                  for t, v, top in zip(lp.get("tokens") or (), lp.get("token_logprobs") or (), tops, strict=False))
 
 
-def _upstream_error(status: int, text: str) -> BackendError:
+def _upstream_error(status: int, text: str, retry_after: str | None = None) -> BackendError:
     try:
         err = json.loads(text).get("error", {})
         message = err.get("message") if isinstance(err, dict) else str(err)
@@ -183,8 +281,21 @@ def _upstream_error(status: int, text: str) -> BackendError:
         code = err.get("code") if isinstance(err, dict) else None
     except (ValueError, AttributeError):
         message, param, code = text[:500], None, None
-    if status >= 500 or status == 429:
+    # A 503 with Retry-After is an overloaded upstream asking for patience (sluice's own admission
+    # limit answers so), not a broken one: like 429 it must not trip the breaker.
+    if status == 429 or (status == 503 and retry_after):
+        return BackendBusy(f"upstream answered {status}: {message}", status=status,
+                           retry_after=_seconds(retry_after))
+    if status >= 500:
         return BackendUnavailable(f"upstream answered {status}: {message}")
     kind = {401: "authentication_error", 404: "not_found_error"}.get(status, "invalid_request_error")
     return BackendError(f"upstream: {message}", status=status, kind=kind, param=param,
                         code=str(code) if code is not None else None)
+
+
+def _seconds(retry_after: str | None) -> str | None:
+    """Pass Retry-After through when it is delay-seconds; an HTTP date (rare upstream) is dropped
+    rather than parsed, and the HTTP layer's default applies."""
+    if retry_after and retry_after.strip().isdigit():
+        return retry_after.strip()
+    return None

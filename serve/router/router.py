@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from serve.backends.base import BackendUnavailable, GenerateRequest, StreamEvent
+from serve.backends.base import BackendBusy, BackendTimeout, BackendUnavailable, GenerateRequest, StreamEvent
 from serve.config import ModelConfig
 from serve.router.policy import Policy, make_policy
 from serve.router.replica import Replica
@@ -44,10 +44,31 @@ class ModelGroup:
         return self.config.name
 
     def healthy(self, exclude: set[str]) -> list[Replica]:
-        return [r for r in self.replicas if r.healthy and r.replica_id not in exclude]
+        """Replicas a request may go to now: probed healthy, breaker letting traffic through."""
+        return [r for r in self.replicas if r.routable() and r.replica_id not in exclude]
 
 
 RequestFactory = Callable[[Replica], Awaitable[GenerateRequest]]
+
+
+@dataclass
+class _Attempt:
+    replica: Replica
+    trial: bool  # the half-open breaker's one trial request
+    started: bool = False  # an event reached the client: no retry any more
+
+
+def _settle(replica: Replica, trial: bool, verdict: bool | None) -> None:
+    if verdict is True:
+        replica.breaker.success(trial)
+    elif verdict is False:
+        before = replica.breaker.state
+        replica.breaker.failure(trial)
+        if replica.breaker.state is not before:
+            log.warning("replica %s: circuit open for %.1fs after %s", replica.replica_id,
+                        replica.breaker.config.cooldown_s, "a failed trial" if trial else "repeated failures")
+    else:
+        replica.breaker.release(trial)
 
 
 class RouterObserver(Protocol):
@@ -91,46 +112,85 @@ class Router:
 
     async def stream(self, group: ModelGroup, make_request: RequestFactory,
                      prefix_key: str = "") -> AsyncIterator[StreamEvent]:
-        """Admit, pick a replica, stream its events. A replica failing before its first event is
-        marked down and the request moves to another healthy replica; after the first event a
-        failure propagates (the client already has partial output)."""
+        """Admit, pick a replica, stream its events. A replica failing or busy before its first event
+        hands the request to another healthy replica (each is tried at most once); after the first
+        event a failure propagates (the client already has partial output). Faults go to the
+        replica's circuit breaker; backpressure (BackendBusy) does not."""
         if group.admitted >= group.config.max_outstanding:
             raise Overloaded(f"model '{group.name}' has {group.admitted} requests in flight "
                              f"(limit {group.config.max_outstanding}); retry later")
         group.admitted += 1
         try:
             tried: set[str] = set()
+            last: BackendUnavailable | None = None
             while True:
-                replica = self.pick(group, prefix_key, tried)
+                replica = self._next(group, prefix_key, tried, last)
                 tried.add(replica.replica_id)
-                started, ok = False, False
-                t0 = time.monotonic()
-                replica.outstanding += 1
+                attempt = _Attempt(replica, replica.breaker.acquire())
+                events = self._attempt(attempt, make_request)
                 try:
-                    request = await make_request(replica)
-                    agen = replica.backend.generate(request)
-                    try:
-                        async for event in agen:
-                            started = True
-                            yield event
-                    finally:
-                        await agen.aclose()  # type: ignore[attr-defined]
-                    ok = True
+                    async for event in events:
+                        yield event
                     return
                 except BackendUnavailable as e:
-                    if started:
+                    if attempt.started:
                         raise
-                    replica.mark_down()
-                    group.retries += 1
-                    if self.observer:
-                        self.observer.retried(group.name)
-                    log.warning("replica %s failed before first token (%s); retrying", replica.replica_id, e)
+                    # Remember a busy answer over a fault: "retry later" is the truer final word.
+                    last = last if isinstance(last, BackendBusy) else e
+                    self._retrying(group, replica, e)
                 finally:
-                    replica.outstanding -= 1
-                    if self.observer:
-                        self.observer.replica_done(replica.replica_id, time.monotonic() - t0, ok)
+                    await events.aclose()  # type: ignore[attr-defined] - settles it if the client left
         finally:
             group.admitted -= 1
+
+    def _next(self, group: ModelGroup, prefix_key: str, tried: set[str],
+              last: BackendUnavailable | None) -> Replica:
+        """The next replica to try; when none is left, the error the client should see."""
+        try:
+            return self.pick(group, prefix_key, tried)
+        except NoHealthyReplica as e:
+            if isinstance(last, (BackendBusy, BackendTimeout)):
+                raise last from None  # 429 (with the upstream's Retry-After) or 504
+            if last is not None:
+                raise NoHealthyReplica(f"{e}; last error: {last}") from last
+            raise
+
+    async def _attempt(self, attempt: _Attempt, make_request: RequestFactory) -> AsyncIterator[StreamEvent]:
+        """One try on one replica; settles its breaker: success, fault, or no verdict."""
+        replica = attempt.replica
+        verdict: bool | None = None  # None: client gone, client error or backpressure
+        t0 = time.monotonic()
+        replica.outstanding += 1
+        try:
+            request = await make_request(replica)
+            agen = replica.backend.generate(request)
+            try:
+                async for event in agen:
+                    attempt.started = True
+                    yield event
+            finally:
+                await agen.aclose()  # type: ignore[attr-defined]
+            verdict = True
+        except BackendBusy:
+            raise
+        except BackendUnavailable:
+            # Refused, reset, timed out, 5xx before the first token: a fault. A failure mid-stream is
+            # not counted: one incident (an engine restart, say) would end many streams at once and
+            # count as many faults; the replica's next request or probe tells the truth.
+            verdict = None if attempt.started else False
+            raise
+        finally:
+            replica.outstanding -= 1
+            _settle(replica, attempt.trial, verdict)
+            if self.observer:
+                self.observer.replica_done(replica.replica_id, time.monotonic() - t0, verdict is True)
+
+    def _retrying(self, group: ModelGroup, replica: Replica, error: BackendUnavailable) -> None:
+        group.retries += 1
+        if self.observer:
+            self.observer.retried(group.name)
+        log.warning("replica %s %s before first token (%s); retrying elsewhere", replica.replica_id,
+                    "was busy" if isinstance(error, BackendBusy) else "failed", error)
 
     async def start(self) -> None:
         """Start every replica concurrently. One that fails stays down (the others serve); if every
@@ -160,9 +220,13 @@ class Router:
             ok = await asyncio.wait_for(replica.backend.check_health(), timeout=5.0)
         except Exception:  # noqa: BLE001 - any failure of a probe means down
             ok = False
+        replica.breaker.probe(ok)  # after its cooldown, the probe is the breaker's trial
         if ok and not replica.healthy:
             log.info("replica %s is up", replica.replica_id)
             replica.mark_up()
+            # Faults counted while it was down are explained by its being down: start afresh, so a
+            # replica that restarted is not kept out for a cooldown after it came back.
+            replica.breaker.reset()
         elif not ok and replica.healthy:
             log.warning("replica %s is down", replica.replica_id)
             replica.mark_down()

@@ -10,7 +10,7 @@ import pytest
 
 from serve import model_store
 from serve.cli_serve import _parse_options, add_parser, build_config
-from serve.config import ModelConfig, ReplicaSpec, ServerConfig
+from serve.config import BreakerConfig, ModelConfig, ReplicaSpec, ServerConfig
 from serve.config_file import load_config
 
 TOML = """
@@ -236,3 +236,14 @@ def test_config_flag_loads_the_file_and_cli_overrides_win(tmp_path: Path) -> Non
     path = write(tmp_path, "c.toml", TOML)
     cfg = build_config(serve_args("--config", str(path), "--port", "8123", "--model", "ignored"))
     assert cfg.port == 8123 and cfg.api_key == "k" and [m.name for m in cfg.models] == ["smol", "other"]
+
+
+def test_breaker_table_is_read_and_checked(tmp_path: Path) -> None:
+    text = MODEL.replace('name = "m"', 'name = "m"\nbreaker = { failures = 5, cooldown_s = 2.5 }')
+    m = load_config(write(tmp_path, "c.toml", text)).models[0]
+    assert (m.breaker.failures, m.breaker.cooldown_s) == (5, 2.5)
+    assert load_config(write(tmp_path, "d.toml", MODEL)).models[0].breaker == BreakerConfig()
+    with pytest.raises(ValueError, match=r"unknown key\(s\) in models\[0\].breaker: trips"):
+        load_config(write(tmp_path, "e.toml", MODEL.replace('name = "m"', 'name = "m"\nbreaker = { trips = 1 }')))
+    with pytest.raises(ValueError, match="breaker failures must be >= 1"):
+        load_config(write(tmp_path, "f.toml", MODEL.replace('name = "m"', 'name = "m"\nbreaker = { failures = 0 }')))
