@@ -122,6 +122,8 @@ class RemoteBackend:
             body["prompt"] = request.prompt
             if request.params.logprobs is not None:
                 body["logprobs"] = request.params.logprobs
+        if request.cache_salt and self.spec.options.get("cache_salt", True):
+            body["cache_salt"] = request.cache_salt  # vLLM's field; option cache_salt=false for upstreams that refuse it
         url = f"{self.base}/{'chat/completions' if chat else 'completions'}"
         try:
             async with self.client.stream("POST", url, json=body) as resp:
