@@ -121,6 +121,6 @@ class AuthMiddleware:
             await self.app(scope, receive, send_with_headers)
         finally:
             if ticket is not None:
-                ticket.settle(rec.total_tokens())
+                ticket.settle(rec.total_tokens(ticket.estimate))
             if self.gate.audit is not None:
                 self.gate.audit.write(rec.audit(scope, status))

@@ -38,12 +38,17 @@ class RequestRecord:
     model: str | None = None
     usage: Usage | None = None
     finish: dict[int, str] = field(default_factory=dict)
+    streamed: int = 0  # output tokens seen so far (one per text chunk where a backend sends no ids)
     error: str | None = None
     prompt: Any = None
     output: dict[int, list[str]] = field(default_factory=dict)
 
-    def total_tokens(self) -> int | None:
-        return None if self.usage is None else self.usage.prompt_tokens + self.usage.completion_tokens
+    def total_tokens(self, prompt_estimate: int) -> int | None:
+        """Real usage; else, for a request cut short after output began (no Usage comes then), the
+        estimate plus what was streamed, so a client cannot skip the bill by hanging up; else None."""
+        if self.usage is not None:
+            return self.usage.prompt_tokens + self.usage.completion_tokens
+        return prompt_estimate + self.streamed if self.streamed else None
 
     def audit(self, scope: Scope, status: int) -> dict[str, Any]:
         u = self.usage
@@ -141,6 +146,7 @@ async def _observe(events: AsyncIterator[StreamEvent], rec: RequestRecord) -> As
             if isinstance(ev, Usage):
                 rec.usage = ev
             elif isinstance(ev, Delta):
+                rec.streamed += len(ev.token_ids) or (1 if ev.text else 0)
                 if ev.finish_reason:
                     rec.finish[ev.index] = ev.finish_reason
                 if rec.want_text and ev.text:

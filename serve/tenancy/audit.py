@@ -9,10 +9,13 @@ for. The file is created readable by its owner only for the same reason.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger("sluice.audit")
 
 
 class AuditLog:
@@ -27,7 +30,10 @@ class AuditLog:
     def write(self, record: dict[str, Any]) -> None:
         if not self.include_prompts:
             record = {k: v for k, v in record.items() if k not in ("prompt", "output")}
-        self._file.write(json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n")
+        try:
+            self._file.write(json.dumps(record, ensure_ascii=False, separators=(",", ":"), default=str) + "\n")
+        except OSError as e:  # a full disk must not fail the request that was already answered
+            log.error("audit log %s: write failed: %s", self.path, e)
 
     def close(self) -> None:
         self._file.close()

@@ -47,8 +47,19 @@ def make_app(tmp_path: Path, prompts: bool = False, **server: object) -> tuple[T
         tenant = tenant_of(request)
         return {"text": text, "key": tenant.id if tenant else None}
 
+    @app.post("/v1/cut")
+    async def cut(request: Request) -> dict:  # output began, then the request ended without a Usage
+        async for _ in observed(_cut_short(), request, "cmpl-2", CompletionRequest(model="m", prompt="p")):
+            pass
+        return {}
+
     app.add_middleware(AuthMiddleware, gate=gate)
     return TestClient(app), gate
+
+
+async def _cut_short() -> AsyncIterator[StreamEvent]:
+    yield Delta(0, text="a", token_ids=(1, 2))
+    yield Delta(0, text="b")  # no ids (a remote upstream): one token per chunk
 
 
 async def _events() -> AsyncIterator[StreamEvent]:
@@ -99,6 +110,13 @@ def test_rate_limit_429_headers_and_token_settlement(tmp_path: Path) -> None:
     assert r.headers["retry-after"] == "20" and r.headers["x-ratelimit-remaining-requests"] == "0"
     assert c.get("/metrics", headers=auth("key-a")).status_code == 200  # GETs are not limited
     assert c.post("/v1/completions", headers=auth("key-b")).status_code == 200  # b has its own limits
+
+
+def test_a_request_cut_short_pays_its_estimate_and_streamed_tokens(tmp_path: Path) -> None:
+    c, gate = make_app(tmp_path)
+    assert c.post("/v1/cut", headers=auth("key-a"), content=b"x" * 400).status_code == 200
+    tokens = gate.limiters["a"].tokens
+    assert tokens is not None and 496 <= tokens.level() <= 498  # 600 - (100 estimated + 3 streamed)
 
 
 def test_audit_log_has_one_line_per_request_and_no_text(tmp_path: Path) -> None:
