@@ -1,4 +1,4 @@
-"""`sluice` — one entry point: serve | models | bench | quantize."""
+"""`sluice` — one entry point: serve | models | bench | quantize | keys."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ COMMANDS: dict[str, str] = {
     "models": "serve.cli_models",
     "bench": "benchmarks.cli",
     "quantize": "serve.quantize.cli",
+    "keys": "serve.cli_keys",
 }
 
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from serve import model_store
 from serve.config import BACKENDS, DEFAULT_MODEL, POLICIES, ModelConfig, ReplicaSpec, ServerConfig
+from serve.tenancy.keys import single_key
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -20,7 +22,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", default=None, help="TOML or YAML file declaring models and replicas")
     p.add_argument("--host", default=None, help="bind address (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=None, help="port (default 8000)")
-    p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY'")
+    p.add_argument("--api-key", default=None,
+                   help="require 'Authorization: Bearer KEY' (visible in `ps`: prefer --api-key-file or $SLUICE_API_KEY)")
+    p.add_argument("--api-key-file", default=None, metavar="PATH", help="read the API key from this file's first line")
+    p.add_argument("--public-metrics", action="store_true", default=None, help="with keys set: /metrics without a key")
+    p.add_argument("--public-docs", action="store_true", default=None, help="with keys set: /docs, /openapi.json without a key")
+    p.add_argument("--audit-log", default=None, metavar="PATH", help="append one JSON line per request to PATH")
+    p.add_argument("--audit-log-prompts", action="store_true", default=None,
+                   help="also write prompt and output text into the audit log (off: never any text)")
     p.add_argument("--served-model-name", default=None, help="name clients use (default: catalog name / file stem)")
     p.add_argument("--replicas", type=int, default=1, help="replicas of the model on this backend")
     p.add_argument("--policy", default="least-outstanding", choices=POLICIES)
@@ -69,7 +78,10 @@ def auto_backend(path: Path) -> str:
 
 
 def build_config(args: argparse.Namespace) -> ServerConfig:
-    overrides = {"host": args.host, "port": args.port, "api_key": args.api_key, "log_level": args.log_level}
+    key = single_key(args.api_key, args.api_key_file, os.environ.get("SLUICE_API_KEY"))
+    overrides = {"host": args.host, "port": args.port, "api_key": key, "log_level": args.log_level,
+                 "public_metrics": args.public_metrics, "public_docs": args.public_docs,
+                 "audit_log": args.audit_log, "audit_log_prompts": args.audit_log_prompts}
     if args.config:
         from serve.config_file import load_config
 

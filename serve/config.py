@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from serve.tenancy.keys import KeySpec
+
 BACKENDS = ("llamacpp", "native", "vllm", "remote")
 POLICIES = ("round-robin", "least-outstanding", "prefix-affinity")
 DEFAULT_MODEL = "smollm2-135m-instruct"
@@ -76,6 +78,11 @@ class ServerConfig:
     max_body_bytes: int = 4 * 1024 * 1024
     health_interval_s: float = 5.0
     log_level: str = "info"
+    keys: tuple[KeySpec, ...] = ()  # tenants; with any key (or api_key) set every path but /health needs one
+    public_metrics: bool = False  # with keys: serve /metrics without one (a scraper on a trusted network)
+    public_docs: bool = False  # with keys: serve /docs, /redoc, /openapi.json without one
+    audit_log: str | None = None  # JSONL file, one line per request
+    audit_log_prompts: bool = False  # also write prompt and output text into the audit log
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -86,3 +93,13 @@ class ServerConfig:
                 if n in names:
                     raise ValueError(f"model name or alias {n!r} is declared twice")
                 names.add(n)
+        self._check_keys(names)
+
+    def _check_keys(self, served: set[str]) -> None:
+        ids = [k.id for k in self.keys]
+        if len(set(ids)) != len(ids):
+            raise ValueError("two [[keys]] entries share an id")
+        for k in self.keys:
+            unknown = sorted(set(k.models or ()) - served) if served else []
+            if unknown:
+                raise ValueError(f"key {k.id!r} allows model(s) that are not served: {', '.join(unknown)}")

@@ -1,6 +1,7 @@
 """Load a ServerConfig from a TOML or YAML file (same structure in both).
 
-    [server]                      # optional: host, port, api_key, max_body_bytes, health_interval_s
+    [server]                      # optional: host, port, api_key, max_body_bytes, health_interval_s,
+                                  # public_metrics, public_docs, audit_log, audit_log_prompts
     [[models]]
     name = "smollm2"              # the name clients send
     aliases = ["default"]
@@ -11,6 +12,29 @@
     backend = "llamacpp"          # llamacpp | native | vllm | remote
     model = "smollm2-135m-instruct"
     options = { n_parallel = 4 }  # remote also reads connect_timeout_s, first_byte_timeout_s, read_timeout_s
+
+Tenants: each `[[keys]]` entry is one API key. With any key configured (or `api_key`, `--api-key`,
+`--api-key-file`, `$SLUICE_API_KEY`, which add one key with id "default" and no limits) every path but
+/health needs `Authorization: Bearer <key>`; `public_metrics = true` / `public_docs = true` open
+/metrics or /docs, /redoc, /openapi.json again.
+
+    [[keys]]
+    id = "team-a"                 # shown in the audit log and in rate-limit messages
+    hash = "sha256:9f86d0..."     # of the key: `sluice keys hash` (key on stdin); or:
+    # env = "TEAM_A_KEY"          # the name of an environment variable holding the key itself
+    models = ["smollm2"]          # allow-list (names or aliases); absent = every model
+    requests_per_minute = 600     # token bucket: bursts up to the limit, refilled evenly over a minute
+    tokens_per_minute = 200000    # prompt + completion: estimated up front (body bytes / 4), settled after
+    max_concurrent = 8            # requests in flight at once
+
+Over a limit the answer is 429 (`rate_limit_error`) with `Retry-After`; every limited response carries
+OpenAI's `x-ratelimit-{limit,remaining,reset}-{requests,tokens}` headers. A model outside `models`
+answers 404 `model_not_found`, as an unknown model does. With two or more keys each key's prompts go
+into its own prefix-cache namespace (a cache salt), so one tenant cannot time another's prompts.
+
+`audit_log = "/var/log/sluice/audit.jsonl"` writes one JSON line per request (time, request id, key id,
+model, token counts, status, latency, finish reasons, client address), never prompt or output text
+unless `audit_log_prompts = true`.
 """
 
 from __future__ import annotations
@@ -22,11 +46,14 @@ from typing import Any
 import yaml
 
 from serve.config import BreakerConfig, ModelConfig, ReplicaSpec, ServerConfig
+from serve.tenancy.keys import KeySpec
 
-_SERVER_KEYS = {"host", "port", "api_key", "max_body_bytes", "health_interval_s", "log_level"}
+_SERVER_KEYS = {"host", "port", "api_key", "max_body_bytes", "health_interval_s", "log_level", "public_metrics",
+                "public_docs", "audit_log", "audit_log_prompts"}
 _MODEL_KEYS = {"name", "aliases", "policy", "max_outstanding", "replicas", "breaker"}
 _BREAKER_KEYS = {"failures", "cooldown_s"}
 _REPLICA_KEYS = {"backend", "model", "url", "api_key", "options"}
+_KEY_KEYS = {"id", "hash", "env", "models", "requests_per_minute", "tokens_per_minute", "max_concurrent"}
 
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> ServerConfig:
@@ -60,7 +87,7 @@ def _mapping(where: str, value: Any) -> dict[str, Any]:
 
 
 def from_dict(data: dict[str, Any], overrides: dict[str, Any]) -> ServerConfig:
-    _check_keys("the config", data, {"server", "models"})
+    _check_keys("the config", data, {"server", "models", "keys"})
     server = dict(_mapping("[server]", data.get("server") or {}))
     _check_keys("[server]", server, _SERVER_KEYS)
     server.update({k: v for k, v in overrides.items() if v is not None})
@@ -80,4 +107,13 @@ def from_dict(data: dict[str, Any], overrides: dict[str, Any]) -> ServerConfig:
                                   breaker=BreakerConfig(**breaker)))
     if not models:
         raise ValueError("the config declares no models")
-    return ServerConfig(models=tuple(models), **server)
+    keys = tuple(_key_spec(i, k) for i, k in enumerate(data.get("keys") or []))
+    return ServerConfig(models=tuple(models), keys=keys, **server)
+
+
+def _key_spec(i: int, k: Any) -> KeySpec:
+    _check_keys(f"keys[{i}]", k, _KEY_KEYS)
+    models = k.get("models")
+    if models is not None and not (isinstance(models, list) and all(isinstance(m, str) for m in models)):
+        raise ValueError(f"keys[{i}].models must be a list of model names")
+    return KeySpec(**{**k, "models": tuple(models) if models is not None else None})

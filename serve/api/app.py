@@ -12,20 +12,18 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from serve.api import openai_routes, tokenize_routes
-from serve.api.auth import check_api_key
+from serve.api.auth import AuthMiddleware, Gate
 from serve.api.chat_template import ChatTemplateError
 from serve.api.errors import APIError
 from serve.api.metrics import Metrics
 from serve.api.state import AppState, to_api_error
+from serve.api.tenancy import visible_models
 from serve.backends.base import BackendError
 from serve.config import ServerConfig
 from serve.router.router import Overloaded, Router
 from serve.sampling_params import ParamError
-
-OPEN_PATHS = {"/health", "/metrics", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
 
 
 def create_app(config: ServerConfig, router: Router) -> FastAPI:
@@ -91,26 +89,10 @@ def _install_errors(app: FastAPI, state: AppState) -> None:
     app.add_exception_handler(StarletteHTTPException, http_error)
 
 
-class _AuthMiddleware:
-    """Pure ASGI (not BaseHTTPMiddleware): that one wraps `receive`, which hides client disconnects
-    from the routes and adds a task per streamed response."""
-
-    def __init__(self, app: ASGIApp, api_key: str) -> None:
-        self.app, self.api_key = app, api_key
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] not in OPEN_PATHS:
-            try:
-                check_api_key(Request(scope), self.api_key)
-            except APIError as e:
-                await e.response()(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
-
-
 def _install_auth(app: FastAPI, config: ServerConfig) -> None:
-    if config.api_key:
-        app.add_middleware(_AuthMiddleware, api_key=config.api_key)
+    gate = Gate.from_config(config)
+    if gate is not None:  # no keys and no audit log: no middleware, nothing changes
+        app.add_middleware(AuthMiddleware, gate=gate)
 
 
 def _routes(app: FastAPI, state: AppState) -> None:
@@ -120,9 +102,10 @@ def _routes(app: FastAPI, state: AppState) -> None:
     app.post("/detokenize")(tokenize_routes.detokenize)
 
     @app.get("/v1/models")
-    async def models() -> dict:
+    async def models(request: Request) -> dict:
         created = int(time.time())
-        return {"object": "list", "data": [_model_card(state, name, created) for name in state.router.served()]}
+        names = visible_models(request, state.router)  # a key sees only the models it may use
+        return {"object": "list", "data": [_model_card(state, name, created) for name in names]}
 
     @app.get("/health")
     async def health() -> Response:

@@ -18,6 +18,7 @@ from serve.api.metering import metered
 from serve.api.protocol import ChatCompletionRequest, CompletionRequest, _Common, parse
 from serve.api.state import AppState, read_json, to_api_error
 from serve.api.streaming import chain_first, prime, sse, sse_body, until_disconnect
+from serve.api.tenancy import observed, salted
 from serve.backends.base import Backend, Delta, GenerateRequest, ModelInfo, StreamEvent, Unsupported, Usage
 from serve.backends.merge import merge
 from serve.router.replica import Replica
@@ -66,7 +67,7 @@ async def _local_request(backend: Backend, rid: str, params: SamplingParams, pro
 async def chat_completions(request: Request) -> Response:
     state: AppState = request.app.state.sluice
     req: ChatCompletionRequest = parse(ChatCompletionRequest, await read_json(request, state))
-    group = state.resolve(req.model)
+    group = state.resolve(req.model, request)
     params = req.sampling_params()
     messages = [m.flat() for m in req.messages]
     rid = f"chatcmpl-{uuid.uuid4().hex}"
@@ -84,7 +85,7 @@ async def chat_completions(request: Request) -> Response:
         return await _local_request(backend, rid, params, ids, False, req.model, req.priority, text)
 
     prefix_key = "\x00".join(str(m["content"]) for m in messages[:2])[:1024]
-    events = state.router.stream(group, make, prefix_key)
+    events = state.router.stream(group, salted(make, request), prefix_key)
     return await _respond(request, state, req, group.name, rid, events, _ChatFormat(rid, req))
 
 
@@ -93,7 +94,7 @@ async def completions(request: Request) -> Response:
     req: CompletionRequest = parse(CompletionRequest, await read_json(request, state))
     if req.suffix:
         raise invalid("suffix is not supported", "suffix")
-    group = state.resolve(req.model)
+    group = state.resolve(req.model, request)
     params = req.sampling_params()
     rid = f"cmpl-{uuid.uuid4().hex}"
     prompts = req.prompts()
@@ -107,7 +108,7 @@ async def completions(request: Request) -> Response:
                 return GenerateRequest(rid, params, prompt=prompt, model=req.model, priority=req.priority)
             return await _local_request(replica.backend, rid, params, prompt, True, req.model, req.priority)
         key = prompt[:1024] if isinstance(prompt, str) else ",".join(map(str, prompt[:256]))
-        return state.router.stream(group, make, key)
+        return state.router.stream(group, salted(make, request), key)
 
     events = merge([stream_for(p) for p in prompts], [i * params.n for i in range(len(prompts))], False)
     fmt = _CompletionFormat(rid, req, prompts, params.n)
@@ -117,7 +118,7 @@ async def completions(request: Request) -> Response:
 async def _respond(request: Request, state: AppState, req: _Common, model: str, rid: str,
                    events: AsyncIterator[StreamEvent], fmt: _Format) -> Response:
     started = time.monotonic()
-    events = metered(events, state.metrics, model, started)
+    events = observed(metered(events, state.metrics, model, started), request, rid, req)
     if not req.stream:
         choices, usage = await until_disconnect(request, _collect(events))
         return JSONResponse(fmt.response(choices, usage))

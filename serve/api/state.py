@@ -13,6 +13,7 @@ from starlette.requests import ClientDisconnect
 from serve.api.chat_template import ChatTemplateError
 from serve.api.errors import APIError
 from serve.api.metrics import Metrics
+from serve.api.tenancy import resolve_for
 from serve.backends.base import BackendError
 from serve.config import ServerConfig
 from serve.router.router import ModelGroup, Overloaded, Router, UnknownModel
@@ -28,7 +29,9 @@ class AppState:
     metrics: Metrics
     ready: bool = False
 
-    def resolve(self, model: str) -> ModelGroup:
+    def resolve(self, model: str, request: Request | None = None) -> ModelGroup:
+        if request is not None:  # the caller's key may limit which models it can see
+            return resolve_for(request, self.router, model)
         try:
             return self.router.resolve(model)
         except UnknownModel as e:

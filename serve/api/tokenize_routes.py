@@ -8,19 +8,20 @@ from serve.api.chat_prompt import chat_prompt
 from serve.api.errors import invalid
 from serve.api.protocol import DetokenizeRequest, TokenizeRequest, parse
 from serve.api.state import AppState, read_json
+from serve.api.tenancy import visible_models
 from serve.router.router import ModelGroup
 
 
-def _group(state: AppState, model: str | None) -> ModelGroup:
+def _group(state: AppState, model: str | None, request: Request) -> ModelGroup:
     if model:
-        return state.resolve(model)
-    return next(iter(state.router.groups.values()))
+        return state.resolve(model, request)
+    return state.resolve(visible_models(request, state.router)[0], request)
 
 
 async def tokenize(request: Request) -> dict:
     state: AppState = request.app.state.sluice
     req: TokenizeRequest = parse(TokenizeRequest, await read_json(request, state))
-    group = _group(state, req.model)
+    group = _group(state, req.model, request)
     replica = state.router.pick(group, "")
     info = replica.backend.info
     if req.messages is not None:
@@ -39,5 +40,5 @@ async def tokenize(request: Request) -> dict:
 async def detokenize(request: Request) -> dict:
     state: AppState = request.app.state.sluice
     req: DetokenizeRequest = parse(DetokenizeRequest, await read_json(request, state))
-    replica = state.router.pick(_group(state, req.model), "")
+    replica = state.router.pick(_group(state, req.model, request), "")
     return {"prompt": await replica.backend.detokenize(req.tokens)}

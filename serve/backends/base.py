@@ -90,6 +90,9 @@ class GenerateRequest:
     messages: tuple[dict[str, Any], ...] | None = None  # original chat messages (remote backends)
     model: str = ""  # the name the client asked for (remote backends forward their own)
     priority: int = 0  # lower runs first when a backend schedules by priority
+    # Prefix-cache namespace (the tenant's): requests with different salts never share cached KV, so
+    # one tenant cannot learn from a fast first token that another sent the same prompt. None: shared.
+    cache_salt: str | None = None
     # Chat requests stop on the template's end-of-turn token; a backend adds these to its stop set.
     extra: dict[str, Any] = field(default_factory=dict)
 

@@ -54,7 +54,7 @@ class ChildServer:
     def _spawn(self) -> None:
         out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115 - child owns it
         log.info("starting %s: %s", self.name, " ".join(self.argv))
-        self.proc = subprocess.Popen(self.argv, env={**os.environ, **self.env}, stdout=out,
+        self.proc = subprocess.Popen(self.argv, env=child_env(self.env), stdout=out,
                                      stderr=subprocess.STDOUT, start_new_session=True,
                                      preexec_fn=_die_with_parent)
 
@@ -107,6 +107,11 @@ class ChildServer:
                 await self._watch
         if self.proc and self.proc.poll() is None:
             await asyncio.to_thread(_terminate_group, self.proc)
+
+
+def child_env(extra: dict[str, str]) -> dict[str, str]:
+    """Our environment minus our own API key (the child has no use for a client's credential), plus `extra`."""
+    return {**{k: v for k, v in os.environ.items() if k != "SLUICE_API_KEY"}, **extra}
 
 
 def _terminate_group(proc: subprocess.Popen, grace_s: float = 15.0) -> None:

@@ -111,7 +111,7 @@ class LlamaCppBackend:
             loop.call_soon_threadsafe(queue.put_nowait, (kind, payload))
 
         engine.submit(Job(request.request_id, list(request.prompt_token_ids or ()), request.params, emit,
-                          seed_offset=index))
+                          seed_offset=index, cache_salt=request.cache_salt))
         finished = False
         try:
             while True:

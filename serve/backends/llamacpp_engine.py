@@ -69,6 +69,7 @@ class Job:
     emit: Callable[[str, object], None]  # ("token", (text, token_id, logprob, top)) | ("done", Finished)
     seed_offset: int = 0
     speculate: bool = True  # use the engine's speculation, if it has one configured
+    cache_salt: str | None = None  # reuse only a slot whose cached prefix was written under this salt
     arrival: float = field(default_factory=time.monotonic)
     # Filled in by the engine.
     slot: int = -1
@@ -105,6 +106,7 @@ class LlamaCppEngine:
         self.special_pieces = [_piece(self.model.vocab, t, True) for t in range(self.n_vocab)]
         self.slot_tokens: list[list[int]] = [[] for _ in range(opts.n_parallel)]
         self.slot_used_at = [0.0] * opts.n_parallel
+        self.slot_salt: list[str | None] = [None] * opts.n_parallel  # the salt of the slot's cached tokens
         self.spec_stats = SpecDecodeStats()
         self.running: dict[int, Job] = {}
         self.waiting: deque[Job] = deque()
@@ -172,13 +174,19 @@ class LlamaCppEngine:
         free = [s for s in range(self.opts.n_parallel) if s not in self.running]
         while self.waiting and free:
             job = self.waiting.popleft()
-            slot = max(free, key=lambda s: (_common_prefix(self.slot_tokens[s], job.prompt), -self.slot_used_at[s]))
+            slot = max(free, key=lambda s: (self._reusable(s, job), -self.slot_used_at[s]))
             free.remove(slot)
             self._place(job, slot)
 
+    def _reusable(self, slot: int, job: Job) -> int:
+        """Cached prompt tokens the job may reuse in `slot`: none across tenants (a cache salt)."""
+        if self.slot_salt[slot] != job.cache_salt:
+            return 0
+        return _common_prefix(self.slot_tokens[slot], job.prompt)
+
     def _place(self, job: Job, slot: int) -> None:
-        common = _common_prefix(self.slot_tokens[slot], job.prompt)
-        common = min(common, len(job.prompt) - 1)  # recompute at least one token to get its logits
+        common = min(self._reusable(slot, job), len(job.prompt) - 1)  # recompute at least one token for logits
+        self.slot_salt[slot] = job.cache_salt
         self.ctx.kv_cache_seq_rm(slot, common, -1)
         self.slot_tokens[slot] = job.prompt[:common]
         job.slot, job.pos, job.cached, job.pending = slot, common, common, job.prompt[common:]

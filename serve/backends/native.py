@@ -161,7 +161,8 @@ class NativeBackend:
         rid = f"{request.request_id}/{next(self._ids)}"
         try:
             outputs = engine.add_request(rid, ids, request.params, priority=request.priority,
-                                         extra_stop_token_ids=tuple(request.extra.get("stop_token_ids", ())))
+                                         extra_stop_token_ids=tuple(request.extra.get("stop_token_ids", ())),
+                                         cache_salt=request.cache_salt)
         except RequestRejected as e:
             code = "context_length_exceeded" if e.param in ("messages", "max_tokens") else None
             raise BackendError(str(e), 400, "invalid_request_error", e.param, code) from e

@@ -156,6 +156,8 @@ class RemoteBackend:
             body["prompt"] = request.prompt
             if request.params.logprobs is not None:
                 body["logprobs"] = request.params.logprobs
+        if request.cache_salt and self.spec.options.get("cache_salt", True):
+            body["cache_salt"] = request.cache_salt  # vLLM's field; option cache_salt=false for upstreams that refuse it
         url = f"{self.base}/{'chat/completions' if chat else 'completions'}"
         # One first-byte deadline covers connecting, the status line and the first SSE line.
         deadline = asyncio.get_running_loop().time() + self.deadlines.first_byte_s

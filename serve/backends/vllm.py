@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import secrets
 import shlex
 import socket
 import sys
@@ -106,6 +107,13 @@ def vllm_argv(python: str, model_dir: Path, served: str, port: int, o: dict[str,
     return argv
 
 
+def vllm_env(o: dict[str, Any], api_key: str) -> dict[str, str]:
+    """The child's environment on top of ours. The key goes here, not into argv: any local user can
+    read a process's argv (`ps`), only its owner can read its environment."""
+    return {"VLLM_CPU_KVCACHE_SPACE": str(o.get("kv_cache_space_gib", 2)), "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1", "VLLM_API_KEY": api_key}
+
+
 class VLLMBackend:
     name = "vllm"
 
@@ -135,17 +143,17 @@ class VLLMBackend:
         model_dir = await asyncio.to_thread(ensure_hf_dir, self.spec.model)
         port = int(o.get("port") or _free_port())
         python = str(o.get("python") or os.environ.get("SLUICE_VLLM_PYTHON") or sys.executable)
-        env = {"VLLM_CPU_KVCACHE_SPACE": str(o.get("kv_cache_space_gib", 2)), "HF_HUB_OFFLINE": "1",
-               "TRANSFORMERS_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
+        # The child listens on loopback, where any local process could reach it: a fresh key per start.
+        key = secrets.token_urlsafe(32)
         log_dir = model_store.store_dir().parent / "logs"
         log_dir.mkdir(parents=True, exist_ok=True)
         self.child = ChildServer(f"vllm:{self.served}", vllm_argv(python, model_dir, self.served, port, o),
-                                 f"http://127.0.0.1:{port}/health", env=env,
+                                 f"http://127.0.0.1:{port}/health", env=vllm_env(o, key),
                                  log_path=log_dir / f"vllm-{self.served}-{port}.log",
                                  start_timeout_s=float(o.get("start_timeout_s", 600)))
         await self.child.start()
         self.inner = RemoteBackend(ReplicaSpec(backend="remote", model=self.served,
-                                               url=f"http://127.0.0.1:{port}/v1",
+                                               url=f"http://127.0.0.1:{port}/v1", api_key=key,
                                                options={"max_model_len": int(o.get("max_model_len", 4096))}))
         await self.inner.start()
 
