@@ -52,6 +52,8 @@ class ModelInfo:
     templates_locally: bool = True  # False: pass `messages` upstream, the upstream templates
     # Request fields this backend cannot honour; the API answers 400 naming the field when one is set.
     unsupported: frozenset[str] = frozenset()
+    # Token ids a request may carry are [0, vocab_size); None when unknown (remote: its upstream checks).
+    vocab_size: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
