@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from serve.limits import Limits
+
 BACKENDS = ("llamacpp", "native", "vllm", "remote")
 POLICIES = ("round-robin", "least-outstanding", "prefix-affinity")
 DEFAULT_MODEL = "smollm2-135m-instruct"
@@ -59,6 +61,7 @@ class ServerConfig:
     max_body_bytes: int = 4 * 1024 * 1024
     health_interval_s: float = 5.0
     log_level: str = "info"
+    limits: Limits = field(default_factory=Limits)
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:

@@ -1,6 +1,7 @@
 """Load a ServerConfig from a TOML or YAML file (same structure in both).
 
     [server]                      # optional: host, port, api_key, max_body_bytes, health_interval_s
+    [limits]                      # optional, per request: max_tokens = 4096, request_timeout_s = 120, ...
     [[models]]
     name = "smollm2"              # the name clients send
     aliases = ["default"]
@@ -21,6 +22,7 @@ from typing import Any
 import yaml
 
 from serve.config import ModelConfig, ReplicaSpec, ServerConfig
+from serve.limits import LIMIT_NAMES, Limits
 
 _SERVER_KEYS = {"host", "port", "api_key", "max_body_bytes", "health_interval_s", "log_level"}
 _MODEL_KEYS = {"name", "aliases", "policy", "max_outstanding", "replicas"}
@@ -58,10 +60,10 @@ def _mapping(where: str, value: Any) -> dict[str, Any]:
 
 
 def from_dict(data: dict[str, Any], overrides: dict[str, Any]) -> ServerConfig:
-    _check_keys("the config", data, {"server", "models"})
+    _check_keys("the config", data, {"server", "models", "limits"})
     server = dict(_mapping("[server]", data.get("server") or {}))
     _check_keys("[server]", server, _SERVER_KEYS)
-    server.update({k: v for k, v in overrides.items() if v is not None})
+    server.update({k: v for k, v in overrides.items() if v is not None and k != "limits"})
     models = []
     for i, m in enumerate(data.get("models") or []):
         _check_keys(f"models[{i}]", m, _MODEL_KEYS)
@@ -75,4 +77,12 @@ def from_dict(data: dict[str, Any], overrides: dict[str, Any]) -> ServerConfig:
                                   max_outstanding=int(m.get("max_outstanding", 256))))
     if not models:
         raise ValueError("the config declares no models")
-    return ServerConfig(models=tuple(models), **server)
+    return ServerConfig(models=tuple(models), limits=_limits(data.get("limits") or {}, overrides), **server)
+
+
+def _limits(section: Any, overrides: dict[str, Any]) -> Limits:
+    """[limits] from the file; `sluice serve --limit-*` flags (the `limits` override) win key by key."""
+    table = dict(_mapping("[limits]", section))
+    _check_keys("[limits]", table, set(LIMIT_NAMES))
+    flags = overrides.get("limits") or {}
+    return Limits(**{**table, **flags})
