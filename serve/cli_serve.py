@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
@@ -11,6 +12,7 @@ from typing import Any
 
 from serve import model_store
 from serve.config import BACKENDS, DEFAULT_MODEL, POLICIES, ModelConfig, ReplicaSpec, ServerConfig
+from serve.limits import Limits
 from serve.tenancy.keys import single_key
 
 
@@ -39,7 +41,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--option", "-o", action="append", default=[], metavar="KEY=VALUE",
                    help="backend option, repeatable (e.g. n_parallel=8, dtype=bfloat16)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    _add_limit_flags(p)
     p.set_defaults(func=run)
+
+
+def _add_limit_flags(p: argparse.ArgumentParser) -> None:
+    """One flag per Limits field (--limit-max-tokens, --limit-request-timeout-s, ...), so that the
+    dataclass stays the one list of limits."""
+    g = p.add_argument_group("per-request limits (also [limits] in --config)")
+    for f in dataclasses.fields(Limits):
+        g.add_argument(f"--limit-{f.name.replace('_', '-')}", dest=f"limit_{f.name}", default=None,
+                       type=float if f.name.endswith("_s") else int, help=f"default {f.default}")
+
+
+def _limit_flags(args: argparse.Namespace) -> dict[str, Any]:
+    return {f.name: getattr(args, f"limit_{f.name}", None) for f in dataclasses.fields(Limits)
+            if getattr(args, f"limit_{f.name}", None) is not None}
 
 
 def _parse_options(items: list[str]) -> dict[str, Any]:
@@ -85,7 +102,7 @@ def build_config(args: argparse.Namespace) -> ServerConfig:
     if args.config:
         from serve.config_file import load_config
 
-        return load_config(args.config, overrides)
+        return load_config(args.config, {**overrides, "limits": _limit_flags(args)})
     model = args.model or DEFAULT_MODEL
     backend = args.backend
     if backend != "remote":
@@ -97,7 +114,8 @@ def build_config(args: argparse.Namespace) -> ServerConfig:
     name = args.served_model_name or model_store.served_name(model)
     mc = ModelConfig(name=name, replicas=(spec,) * args.replicas, policy=args.policy,
                      max_outstanding=args.max_outstanding)
-    return ServerConfig(models=(mc,), **{k: v for k, v in overrides.items() if v is not None})
+    return ServerConfig(models=(mc,), limits=Limits(**_limit_flags(args)),
+                        **{k: v for k, v in overrides.items() if v is not None})
 
 
 def run(args: argparse.Namespace) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from serve.limits import Limits
 from serve.tenancy.keys import KeySpec
 
 BACKENDS = ("llamacpp", "native", "vllm", "remote")
@@ -83,6 +84,7 @@ class ServerConfig:
     public_docs: bool = False  # with keys: serve /docs, /redoc, /openapi.json without one
     audit_log: str | None = None  # JSONL file, one line per request
     audit_log_prompts: bool = False  # also write prompt and output text into the audit log
+    limits: Limits = field(default_factory=Limits)
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:

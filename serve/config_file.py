@@ -2,6 +2,7 @@
 
     [server]                      # optional: host, port, api_key, max_body_bytes, health_interval_s,
                                   # public_metrics, public_docs, audit_log, audit_log_prompts
+    [limits]                      # optional, per request: max_tokens = 4096, request_timeout_s = 120, ...
     [[models]]
     name = "smollm2"              # the name clients send
     aliases = ["default"]
@@ -46,6 +47,7 @@ from typing import Any
 import yaml
 
 from serve.config import BreakerConfig, ModelConfig, ReplicaSpec, ServerConfig
+from serve.limits import LIMIT_NAMES, Limits
 from serve.tenancy.keys import KeySpec
 
 _SERVER_KEYS = {"host", "port", "api_key", "max_body_bytes", "health_interval_s", "log_level", "public_metrics",
@@ -87,10 +89,10 @@ def _mapping(where: str, value: Any) -> dict[str, Any]:
 
 
 def from_dict(data: dict[str, Any], overrides: dict[str, Any]) -> ServerConfig:
-    _check_keys("the config", data, {"server", "models", "keys"})
+    _check_keys("the config", data, {"server", "models", "keys", "limits"})
     server = dict(_mapping("[server]", data.get("server") or {}))
     _check_keys("[server]", server, _SERVER_KEYS)
-    server.update({k: v for k, v in overrides.items() if v is not None})
+    server.update({k: v for k, v in overrides.items() if v is not None and k != "limits"})
     models = []
     for i, m in enumerate(data.get("models") or []):
         _check_keys(f"models[{i}]", m, _MODEL_KEYS)
@@ -108,7 +110,8 @@ def from_dict(data: dict[str, Any], overrides: dict[str, Any]) -> ServerConfig:
     if not models:
         raise ValueError("the config declares no models")
     keys = tuple(_key_spec(i, k) for i, k in enumerate(data.get("keys") or []))
-    return ServerConfig(models=tuple(models), keys=keys, **server)
+    return ServerConfig(models=tuple(models), keys=keys, limits=_limits(data.get("limits") or {}, overrides),
+                        **server)
 
 
 def _key_spec(i: int, k: Any) -> KeySpec:
@@ -117,3 +120,11 @@ def _key_spec(i: int, k: Any) -> KeySpec:
     if models is not None and not (isinstance(models, list) and all(isinstance(m, str) for m in models)):
         raise ValueError(f"keys[{i}].models must be a list of model names")
     return KeySpec(**{**k, "models": tuple(models) if models is not None else None})
+
+
+def _limits(section: Any, overrides: dict[str, Any]) -> Limits:
+    """[limits] from the file; `sluice serve --limit-*` flags (the `limits` override) win key by key."""
+    table = dict(_mapping("[limits]", section))
+    _check_keys("[limits]", table, set(LIMIT_NAMES))
+    flags = overrides.get("limits") or {}
+    return Limits(**{**table, **flags})

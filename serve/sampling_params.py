@@ -53,6 +53,8 @@ class SamplingParams:
             (all(-100.0 <= v <= 100.0 for v in self.logit_bias.values()), "logit_bias",
              "logit_bias values must be between -100 and 100"),
             (all(t >= 0 for t in self.logit_bias), "logit_bias", "logit_bias keys must be token ids >= 0"),
+            # vLLM's range too; the samplers map it onto their generators' own (numpy's is unsigned).
+            (self.seed is None or -(1 << 63) <= self.seed < (1 << 63), "seed", "seed must be a signed 64-bit integer"),
             (self.num_speculative_tokens is None or 0 <= self.num_speculative_tokens <= 32,
              "num_speculative_tokens", "num_speculative_tokens must be between 0 and 32"),
         ]

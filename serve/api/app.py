@@ -13,11 +13,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from serve.api import openai_routes, tokenize_routes
+from serve.api import openai_routes, openapi, tokenize_routes
 from serve.api.auth import AuthMiddleware, Gate
 from serve.api.chat_template import ChatTemplateError
 from serve.api.errors import APIError
 from serve.api.metrics import Metrics
+from serve.api.protocol import ChatCompletionRequest, CompletionRequest, DetokenizeRequest, TokenizeRequest
 from serve.api.state import AppState, to_api_error
 from serve.api.tenancy import visible_models
 from serve.backends.base import BackendError
@@ -96,10 +97,15 @@ def _install_auth(app: FastAPI, config: ServerConfig) -> None:
 
 
 def _routes(app: FastAPI, state: AppState) -> None:
-    app.post("/v1/chat/completions")(openai_routes.chat_completions)
-    app.post("/v1/completions")(openai_routes.completions)
-    app.post("/tokenize")(tokenize_routes.tokenize)
-    app.post("/detokenize")(tokenize_routes.detokenize)
+    doc = openapi.route_doc
+    app.post("/v1/chat/completions", **doc(ChatCompletionRequest, openapi.ChatCompletionResponse,
+                                           openapi.ChatCompletionChunk))(openai_routes.chat_completions)
+    app.post("/v1/completions", **doc(CompletionRequest, openapi.CompletionResponse,
+                                      openapi.CompletionChunk))(openai_routes.completions)
+    app.post("/tokenize", **doc(TokenizeRequest, openapi.TokenizeResponse))(tokenize_routes.tokenize)
+    app.post("/detokenize", **doc(DetokenizeRequest, openapi.DetokenizeResponse))(tokenize_routes.detokenize)
+    requests = [ChatCompletionRequest, CompletionRequest, TokenizeRequest, DetokenizeRequest]
+    openapi.install(app, [*requests, *openapi.STREAM_MODELS])
 
     @app.get("/v1/models")
     async def models(request: Request) -> dict:

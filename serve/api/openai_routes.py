@@ -13,16 +13,20 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from serve.api import responses as R
 from serve.api.chat_prompt import chat_prompt
+from serve.api.deadline import with_deadline
 from serve.api.errors import invalid
 from serve.api.metering import metered
 from serve.api.protocol import ChatCompletionRequest, CompletionRequest, _Common, parse
+from serve.api.request_limits import check_chat, check_completion, check_max_tokens, check_prompt_tokens
 from serve.api.state import AppState, read_json, to_api_error
 from serve.api.streaming import chain_first, prime, sse, sse_body, until_disconnect
 from serve.api.tenancy import observed, salted
+from serve.api.token_ids import check_request_ids
 from serve.backends.base import Backend, Delta, GenerateRequest, ModelInfo, StreamEvent, Unsupported, Usage
 from serve.backends.merge import merge
+from serve.limits import Limits
 from serve.router.replica import Replica
-from serve.sampling_params import SamplingParams, check_params_ids, check_token_ids
+from serve.sampling_params import SamplingParams
 
 
 def check_supported(req: _Common, info: ModelInfo, backend: str) -> None:
@@ -48,7 +52,8 @@ def fit_context(prompt_len: int, params: SamplingParams, max_len: int) -> Sampli
 
 
 async def _local_request(backend: Backend, rid: str, params: SamplingParams, prompt: str | list[int],
-                         add_special: bool, model: str, priority: int, text: str | None = None) -> GenerateRequest:
+                         add_special: bool, model: str, priority: int, limits: Limits,
+                         text: str | None = None) -> GenerateRequest:
     if isinstance(prompt, str):
         ids = await backend.tokenize(prompt, add_special=add_special)
         text = prompt
@@ -56,17 +61,21 @@ async def _local_request(backend: Backend, rid: str, params: SamplingParams, pro
         ids = list(prompt)
     if not ids:
         raise invalid("the prompt is empty", "prompt")
-    vocab = backend.info.vocab_size
-    if vocab is not None:
-        check_token_ids(ids, vocab, "prompt")
-        check_params_ids(params, vocab)
-    params = fit_context(len(ids), params, backend.info.max_model_len)
+    check_request_ids(ids, params, backend.info.vocab_size)
+    check_prompt_tokens(len(ids), limits, "prompt" if add_special else "messages")
+    fitted = fit_context(len(ids), params, backend.info.max_model_len)
+    check_max_tokens(params.max_tokens, limits)
+    if params.max_tokens is None:  # "up to the context" still stops at the server's max_tokens
+        fitted = replace(fitted, max_tokens=min(fitted.max_tokens or 1, limits.max_tokens))
+    params = fitted
     return GenerateRequest(rid, params, prompt=text, prompt_token_ids=tuple(ids), model=model, priority=priority)
 
 
 async def chat_completions(request: Request) -> Response:
     state: AppState = request.app.state.sluice
     req: ChatCompletionRequest = parse(ChatCompletionRequest, await read_json(request, state))
+    check_chat(req, state.config.limits)
+    req.check_features()
     group = state.resolve(req.model, request)
     params = req.sampling_params()
     messages = [m.flat() for m in req.messages]
@@ -76,13 +85,15 @@ async def chat_completions(request: Request) -> Response:
         backend, info = replica.backend, replica.backend.info
         check_supported(req, info, backend.name)
         if not info.templates_locally:
+            check_max_tokens(params.max_tokens, state.config.limits)
             return GenerateRequest(rid, params, messages=tuple(messages), model=req.model, priority=req.priority)
         if not info.chat_template:
             # vLLM's rule too: guessing a template for a base model gives confident nonsense.
             raise invalid(f"model '{req.model}' has no chat template (a base model?); use /v1/completions",
                           "messages", "no_chat_template")
         text, ids = await chat_prompt(backend, info, messages, req.add_generation_prompt)
-        return await _local_request(backend, rid, params, ids, False, req.model, req.priority, text)
+        return await _local_request(backend, rid, params, ids, False, req.model, req.priority,
+                                    state.config.limits, text)
 
     prefix_key = "\x00".join(str(m["content"]) for m in messages[:2])[:1024]
     events = state.router.stream(group, salted(make, request), prefix_key)
@@ -94,10 +105,11 @@ async def completions(request: Request) -> Response:
     req: CompletionRequest = parse(CompletionRequest, await read_json(request, state))
     if req.suffix:
         raise invalid("suffix is not supported", "suffix")
+    prompts = req.prompts()
+    check_completion(req, state.config.limits, len(prompts))
     group = state.resolve(req.model, request)
     params = req.sampling_params()
     rid = f"cmpl-{uuid.uuid4().hex}"
-    prompts = req.prompts()
 
     def stream_for(prompt: str | list[int]) -> AsyncIterator[StreamEvent]:
         async def make(replica: Replica) -> GenerateRequest:
@@ -105,8 +117,10 @@ async def completions(request: Request) -> Response:
             if not replica.backend.info.templates_locally:
                 if not isinstance(prompt, str):
                     raise invalid("token-id prompts are not supported by the remote backend", "prompt")
+                check_max_tokens(params.max_tokens, state.config.limits)
                 return GenerateRequest(rid, params, prompt=prompt, model=req.model, priority=req.priority)
-            return await _local_request(replica.backend, rid, params, prompt, True, req.model, req.priority)
+            return await _local_request(replica.backend, rid, params, prompt, True, req.model, req.priority,
+                                        state.config.limits)
         key = prompt[:1024] if isinstance(prompt, str) else ",".join(map(str, prompt[:256]))
         return state.router.stream(group, salted(make, request), key)
 
@@ -118,7 +132,8 @@ async def completions(request: Request) -> Response:
 async def _respond(request: Request, state: AppState, req: _Common, model: str, rid: str,
                    events: AsyncIterator[StreamEvent], fmt: _Format) -> Response:
     started = time.monotonic()
-    events = observed(metered(events, state.metrics, model, started), request, rid, req)
+    events = metered(with_deadline(events, state.config.limits.request_timeout_s), state.metrics, model, started)
+    events = observed(events, request, rid, req)
     if not req.stream:
         choices, usage = await until_disconnect(request, _collect(events))
         return JSONResponse(fmt.response(choices, usage))

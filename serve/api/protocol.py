@@ -11,6 +11,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from serve.api.errors import APIError, invalid
+from serve.api.protocol_tools import ResponseFormat, Tool, ToolChoice, unsupported_feature
 from serve.sampling_params import ParamError, SamplingParams
 
 
@@ -74,10 +75,19 @@ class _Common(BaseModel):
         return {k for k in self.model_fields_set if getattr(self, k) not in (None, False, 0, [], {})}
 
 
+class ContentPart(BaseModel):
+    """One part of a message's content. Only text parts can be served; others parse (so that the
+    answer is a 400 naming `messages`, not a schema error) and are refused in `flat`."""
+
+    model_config = ConfigDict(extra="allow")
+    type: str
+    text: str | None = None
+
+
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="allow")
     role: Literal["system", "user", "assistant", "tool", "developer"]
-    content: str | list[dict[str, Any]] | None = None
+    content: str | list[ContentPart] | None = None
 
     def flat(self) -> dict[str, Any]:
         """The message with list-of-parts content joined to text (only text parts are supported)."""
@@ -85,9 +95,9 @@ class ChatMessage(BaseModel):
         if isinstance(content, list):
             texts = []
             for part in content:
-                if part.get("type") != "text" or not isinstance(part.get("text"), str):
+                if part.type != "text" or part.text is None:
                     raise invalid("only text content parts are supported", "messages")
-                texts.append(part["text"])
+                texts.append(part.text)
             content = "".join(texts)
         return {**(self.model_extra or {}), "role": self.role, "content": content or ""}
 
@@ -98,6 +108,15 @@ class ChatCompletionRequest(_Common):
     logprobs: bool = False
     top_logprobs: int | None = None
     add_generation_prompt: bool = True
+    tools: list[Tool] | None = None
+    tool_choice: ToolChoice | None = None
+    response_format: ResponseFormat | None = None
+
+    def check_features(self) -> None:
+        """Refuse tool calling and structured output until they are implemented (never ignore them)."""
+        name = unsupported_feature(self.tools, self.tool_choice, self.response_format)
+        if name:
+            raise invalid(f"'{name}' is not supported by this server yet", name, "unsupported_parameter")
 
     def sampling_params(self) -> SamplingParams:
         if self.top_logprobs is not None and not self.logprobs:

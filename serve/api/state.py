@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from dataclasses import dataclass
@@ -43,14 +44,7 @@ async def read_json(request: Request, state: AppState) -> Any:
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise APIError(413, f"request body of {declared} bytes exceeds the limit of {limit} bytes")
-    body = bytearray()
-    try:
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > limit:
-                raise APIError(413, f"request body exceeds the limit of {limit} bytes")
-    except ClientDisconnect as e:  # gone while sending its body: nothing to answer, nothing to log
-        raise APIError(499, "client disconnected", kind="client_closed_request") from e
+    body = await _read_body(request, limit, state.config.limits.body_timeout_s)
     try:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError) as e:
@@ -58,6 +52,27 @@ async def read_json(request: Request, state: AppState) -> Any:
     if not isinstance(data, dict):
         raise APIError(400, "request body must be a JSON object")
     return data
+
+
+async def _read_body(request: Request, limit: int, timeout_s: float) -> bytearray:
+    """The body, bounded in size and in time: a client trickling bytes holds only its own request,
+    and only for `timeout_s` (uvicorn has no body timeout of its own)."""
+    body = bytearray()
+    cm = asyncio.timeout(timeout_s if timeout_s > 0 else None)
+    try:
+        async with cm:
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > limit:
+                    raise APIError(413, f"request body exceeds the limit of {limit} bytes")
+    except TimeoutError as e:
+        if not cm.expired():
+            raise
+        raise APIError(408, f"the request body was not received within {timeout_s:g} s",
+                       code="body_timeout") from e
+    except ClientDisconnect as e:  # gone while sending its body: nothing to answer, nothing to log
+        raise APIError(499, "client disconnected", kind="client_closed_request") from e
+    return body
 
 
 def to_api_error(exc: BaseException, state: AppState | None = None, model: str = "") -> APIError:

@@ -9,6 +9,7 @@ from serve.api.errors import invalid
 from serve.api.protocol import DetokenizeRequest, TokenizeRequest, parse
 from serve.api.state import AppState, read_json
 from serve.api.tenancy import visible_models
+from serve.api.token_ids import check_token_ids
 from serve.router.router import ModelGroup
 
 
@@ -41,4 +42,5 @@ async def detokenize(request: Request) -> dict:
     state: AppState = request.app.state.sluice
     req: DetokenizeRequest = parse(DetokenizeRequest, await read_json(request, state))
     replica = state.router.pick(_group(state, req.model, request), "")
+    check_token_ids(req.tokens, replica.backend.info.vocab_size, "tokens")
     return {"prompt": await replica.backend.detokenize(req.tokens)}

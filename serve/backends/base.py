@@ -74,10 +74,11 @@ class ModelInfo:
     chat_template: str | None = None
     bos_token: str = ""
     eos_token: str = ""
-    vocab_size: int | None = None  # token ids must lie in [0, vocab_size); None: the backend checks
     templates_locally: bool = True  # False: pass `messages` upstream, the upstream templates
     # Request fields this backend cannot honour; the API answers 400 naming the field when one is set.
     unsupported: frozenset[str] = frozenset()
+    # Token ids a request may carry are [0, vocab_size); None when unknown (remote: its upstream checks).
+    vocab_size: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 

@@ -60,10 +60,10 @@ class LlamaCppBackend:
         meta = m.metadata()
         return ModelInfo(
             max_model_len=self.engine.opts.n_ctx_per_seq,
+            vocab_size=self.engine.n_vocab,
             chat_template=meta.get("tokenizer.chat_template"),
             bos_token=self.engine.token_text(m.token_bos()) if m.token_bos() >= 0 else "",
             eos_token=self.engine.token_text(m.token_eos()) if m.token_eos() >= 0 else "",
-            vocab_size=self.engine.n_vocab,
             extra={"gguf_arch": meta.get("general.architecture", "")},
         )
 

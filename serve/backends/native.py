@@ -81,10 +81,10 @@ class NativeBackend:
         cache_len = llm.runner.num_blocks * llm.runner.block_size + 1
         self._info = ModelInfo(
             max_model_len=min(llm.runner.max_model_len, cache_len),
+            vocab_size=llm.runner.vocab_size,
             chat_template=getattr(self.tokenizer, "chat_template", None),
             bos_token=getattr(self.tokenizer, "bos_token", None) or "",
             eos_token=getattr(self.tokenizer, "eos_token", None) or "",
-            vocab_size=llm.runner.vocab_size,
             extra={"num_kv_blocks": llm.runner.num_blocks, "block_size": llm.runner.block_size,
                    "quantization": getattr(llm.runner.model, "quantization", "none")},
         )

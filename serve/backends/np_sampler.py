@@ -19,7 +19,8 @@ class RowSampler:
 
     def __init__(self, params: SamplingParams, prompt_ids: list[int], vocab: int, seed_offset: int = 0) -> None:
         self.p = params
-        seed = None if params.seed is None else params.seed + seed_offset
+        # numpy takes only non-negative seeds; the modulo keeps negative ones (valid in the API) distinct.
+        seed = None if params.seed is None else (params.seed + seed_offset) % (1 << 64)
         self.rng = np.random.default_rng(seed)
         self.prompt_set = np.unique(np.asarray(prompt_ids, dtype=np.int64)) if params.uses_penalties else None
         self.out_counts: Counter[int] = Counter()
