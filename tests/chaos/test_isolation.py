@@ -136,3 +136,46 @@ def test_an_engine_crash_ends_streams_cleanly_and_the_engine_restarts(crashing: 
                    json={"model": MODEL, "prompt": "Hello", "max_tokens": 8, "ignore_eos": True})
     assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 8
     assert "restarting the native engine" in crashing.log() or "serving again" in crashing.log()
+
+
+# --- a client that leaves while queued (#12 item 6) ------------------------------------------------
+
+def _gauge(server: ServerProc, name: str) -> float:
+    text = httpx.get(f"{server.base_url}/metrics", timeout=10).text
+    line = next(line for line in text.splitlines() if line.startswith(name + "{"))
+    return float(line.rsplit(" ", 1)[1])
+
+
+@pytest.fixture(scope="module")
+def one_seat(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProc]:
+    """A native server that runs one sequence at a time, so a second request has to queue."""
+    s = start_server(["--backend", "native", "-o", "max_model_len=1024", "-o", "max_num_seqs=1"],
+                     tmp_path_factory.mktemp("seat"), timeout_s=240)
+    yield s
+    s.stop()
+
+
+def test_a_stream_that_leaves_while_queued_frees_its_slot_and_is_never_prefilled(one_seat: ServerProc) -> None:
+    got: list[list[str]] = []
+    busy = threading.Thread(target=stream_completion, args=(one_seat.base_url, {
+        "prompt": "Count slowly:", "max_tokens": 400, "ignore_eos": True}, got))
+    busy.start()
+    deadline = time.monotonic() + 60
+    while _gauge(one_seat, "sluice:engine_requests_running") < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    queries = _gauge(one_seat, "sluice:prefix_cache_queries")
+    try:
+        with httpx.stream("POST", f"{one_seat.base_url}/v1/completions", timeout=0.8, json={
+                "model": MODEL, "prompt": "I will not wait. " * 20, "max_tokens": 50, "stream": True}) as r:
+            r.read()
+    except httpx.TimeoutException:
+        pass  # hung up while queued behind the busy request
+    deadline = time.monotonic() + 1.0
+    while _gauge(one_seat, "sluice:engine_requests_waiting") > 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _gauge(one_seat, "sluice:engine_requests_waiting") == 0
+    assert _gauge(one_seat, "sluice:num_requests_running") == 1  # only the busy one is still admitted
+    assert busy.is_alive(), "the busy request ended early: the test proves nothing"
+    assert _gauge(one_seat, "sluice:prefix_cache_queries") == queries  # it never reached the scheduler's prefill
+    busy.join(timeout=120)
+    assert finish_reasons(got[0]) == ["length"]
