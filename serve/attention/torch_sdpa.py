@@ -28,6 +28,12 @@ import torch.nn.functional as F
 
 from serve.worker.forward_context import ForwardContext
 
+# Short multi-row queries on a cached prefix (speculative verify rows: k + 1 of them) go through the
+# decode kernel one row at a time, so each row computes exactly what plain decode computes at that
+# position: greedy speculation then equals plain decoding token for token. Longer ones (a prefill
+# chunk after a cache hit) stay on SDPA, whose matmuls win there.
+MAX_KERNEL_ROWS = 16
+
 
 @dataclass
 class _Group:
@@ -40,6 +46,18 @@ class _Group:
     table: torch.Tensor  # [G, ceil(max_len / block_size)] int64 block ids (padded with 0)
     lens: torch.Tensor  # [G] int64 context lengths
     _folded: dict[tuple[int, torch.dtype], torch.Tensor | None] = field(default_factory=dict)
+    _per_row: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def per_row(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each of the q_len query rows as a decode query of its own: ([G * q_len, nb] block tables,
+        [G * q_len] context lengths), row i of a member seeing its first ctx_len - q_len + i + 1
+        positions. Built once per step."""
+        if self._per_row is None:
+            ql = self.q_len
+            steps = torch.arange(ql, dtype=torch.int64, device=self.lens.device)
+            lens = (self.lens.unsqueeze(1) - ql + 1 + steps).reshape(-1)
+            self._per_row = (self.table.repeat_interleave(ql, dim=0), lens)
+        return self._per_row
 
     def folded_mask(self, g: int, dtype: torch.dtype) -> torch.Tensor | None:
         """Additive mask for queries folded as (q_len, g): [G, 1, q_len * g, max_len]. Built once per step."""
@@ -121,7 +139,7 @@ class TorchSDPABackend:
         """q: [T, Hq, D]; k, v: [T, Hkv, D]; caches [num_blocks, block_size, Hkv, D] -> [T, Hq, D]."""
         n_kv, d = k.shape[1], k.shape[2]
         only = meta.groups[0] if len(meta.groups) == 1 and not meta.fresh else None
-        if only is not None and only.rows is None and self._kernel_takes(only, q, k_cache):
+        if only is not None and only.rows is None and only.q_len == 1 and self._kernel_takes(only, q, k_cache):
             # the all-decode step: one call writes this step's K/V and attends
             return self._decode_kernel(q.contiguous(), k_cache, v_cache, only.table, only.lens, scale, k, v,
                                        meta.slot_mapping)
@@ -144,13 +162,14 @@ class TorchSDPABackend:
         return out
 
     def _kernel_takes(self, grp: _Group, q: torch.Tensor, k_cache: torch.Tensor) -> bool:
-        return (self._decode_kernel is not None and grp.q_len == 1 and q.dtype == k_cache.dtype
+        return (self._decode_kernel is not None and grp.q_len <= MAX_KERNEL_ROWS and q.dtype == k_cache.dtype
                 and q.dtype in (torch.float32, torch.bfloat16))
 
     def _attend_cached(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, k_flat: torch.Tensor,
                        v_flat: torch.Tensor, grp: _Group, scale: float) -> torch.Tensor:
         if self._kernel_takes(grp, q, k_cache):
-            return self._decode_kernel(q.contiguous(), k_cache, v_cache, grp.table, grp.lens, scale)
+            table, lens = (grp.table, grp.lens) if grp.q_len == 1 else grp.per_row()
+            return self._decode_kernel(q.contiguous(), k_cache, v_cache, table, lens, scale)
         return self._attend_group(q, k_flat, v_flat, grp, scale)
 
     @staticmethod
