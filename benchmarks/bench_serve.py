@@ -14,6 +14,7 @@ from benchmarks.client import Target
 from benchmarks.datasets import DatasetSpec, build
 from benchmarks.loadgen import LoadSpec, Runner, make_client, run_load
 from benchmarks.machine import git_commit, machine_info
+from benchmarks.machine_load import measured_load
 from benchmarks.progress import Progress
 from benchmarks.result import build_result, run_entry
 from benchmarks.sweep import SweepSpec, stop_reason
@@ -119,23 +120,25 @@ async def bench(cfg: BenchConfig, command_line: list[str]) -> dict[str, Any]:
                  for i, s in enumerate(steps)]
     progress = Progress(quiet=cfg.quiet)
     runs: list[dict[str, Any]] = []
-    async with make_client(_widest(steps)) as client:
-        await _warmup(client, cfg, steps[0], tok, progress)
-        for i, load in enumerate(steps):
-            records = await _run_step(client, cfg, load, workloads[i], tok, progress, _title(load, i, len(steps)))
-            runs.append(run_entry(load.describe(), records, cfg.slo))
-            if load.time_limit_s and not load.duration_s and len(records) < step_size(cfg, load):
-                notes.append(f"{_title(load, i, len(steps))}: time limit {load.time_limit_s:g} s reached after "
-                             f"{len(records)} of {step_size(cfg, load)} requests")
-            reason = stop_reason(cfg.sweep, [r["aggregates"] for r in runs]) if cfg.sweep else None
-            if reason:
-                notes.append(f"sweep stopped after {_title(load, i, len(steps))}: {reason}")
-                break
+    # Other work is measured before and during the steps, never from a post-run load average.
+    with measured_load() as other_work:
+        async with make_client(_widest(steps)) as client:
+            await _warmup(client, cfg, steps[0], tok, progress)
+            for i, load in enumerate(steps):
+                records = await _run_step(client, cfg, load, workloads[i], tok, progress, _title(load, i, len(steps)))
+                runs.append(run_entry(load.describe(), records, cfg.slo))
+                if load.time_limit_s and not load.duration_s and len(records) < step_size(cfg, load):
+                    notes.append(f"{_title(load, i, len(steps))}: time limit {load.time_limit_s:g} s reached after "
+                                 f"{len(records)} of {step_size(cfg, load)} requests")
+                reason = stop_reason(cfg.sweep, [r["aggregates"] for r in runs]) if cfg.sweep else None
+                if reason:
+                    notes.append(f"sweep stopped after {_title(load, i, len(steps))}: {reason}")
+                    break
     notes += short_output_notes(cfg, runs)
     return build_result(
         command_line=command_line, label=cfg.label or cfg.target.model, target=_target_json(cfg, server),
         workload=_workload_json(cfg, tok), load=_load_json(cfg), slo=cfg.slo, runs=runs,
-        machine=machine_info(), git_commit=git_commit(), notes=notes)
+        machine={**machine_info(), "load": other_work}, git_commit=git_commit(), notes=notes)
 
 
 def short_output_notes(cfg: BenchConfig, runs: list[dict[str, Any]]) -> list[str]:

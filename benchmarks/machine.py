@@ -26,7 +26,8 @@ def machine_info() -> dict[str, Any]:
         "os": f"{platform.system()} {platform.release()}",
         "python": platform.python_version(),
         "hostname": platform.node(),
-        # Other work on a shared machine skews everything: record how busy it was when the result was built.
+        # Read after the run, so it counts the benchmark itself: wording about load comes from
+        # machine["load"] (benchmarks/machine_load.py), measured before and during the run.
         "load_avg_1m": round(os.getloadavg()[0], 2),
         # A ratio holds for the CPU it was measured on: its ISA extensions and the paths chosen for it.
         "cpu_flags": isa_flags(),

@@ -51,6 +51,7 @@ def measure(path: str, quant: str, dtype: str, batches: list[int], steps: int, t
 
 def main(argv: list[str] | None = None) -> int:
     from benchmarks.machine import git_commit, machine_info
+    from benchmarks.machine_load import measured_load
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--variant", action="append", required=True, help="label=PATH[:quant][@dtype]")
@@ -60,13 +61,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=None)
     a = p.parse_args(argv)
     results = []
-    for label, path, quant, dtype in map(parse_variant, a.variant):
-        r = {"label": label, "path": path, "requested_quant": quant, **measure(path, quant, dtype, a.batch,
-                                                                                a.steps, a.threads)}
-        print(json.dumps(r), flush=True)
-        results.append(r)
+    with measured_load() as load:
+        for label, path, quant, dtype in map(parse_variant, a.variant):
+            r = {"label": label, "path": path, "requested_quant": quant, **measure(path, quant, dtype, a.batch,
+                                                                                    a.steps, a.threads)}
+            print(json.dumps(r), flush=True)
+            results.append(r)
     doc = {"command": " ".join(["python -m benchmarks.native_variants", *(argv or sys.argv[1:])]),
-           "machine": machine_info(), "commit": git_commit(), "threads": a.threads, "steps": a.steps,
+           "machine": {**machine_info(), "load": load}, "commit": git_commit(), "threads": a.threads, "steps": a.steps,
            "results": results}
     if a.out:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)

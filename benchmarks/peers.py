@@ -79,7 +79,7 @@ def run_stack(a: argparse.Namespace, stack: Stack, out_dir: Path) -> dict[str, A
         result = asyncio.run(bench(bench_config(a, stack, base), ["sluice", *sys.argv[1:]]))
         peak = tree_peak_rss_mib(pid)
     result["stack"] = {"name": stack.name, "description": stack.description, "startup_s": round(waited, 1),
-                       "command": stack.command(port), "peak_rss_mib": peak}
+                       "command": stack.command(port), "peak_rss_mib": peak, "dtype": stack.dtype}
     print(f"   peak RSS of the server process tree: {peak} MiB", flush=True)
     return result
 
@@ -139,8 +139,9 @@ def run_peers(a: argparse.Namespace) -> int:
 def _write_comparison(done: list[tuple[str, Path]], skipped: list[dict[str, str]], out_dir: Path,
                       a: argparse.Namespace) -> int:
     from benchmarks.compare import render_html
-    from benchmarks.peers_table import markdown_table, readme, results_index
+    from benchmarks.peers_table import markdown_table, readme
     from benchmarks.result import load_result
+    from benchmarks.results_index import render
 
     out_dir.mkdir(parents=True, exist_ok=True)
     # Stacks measured by an earlier invocation into the same directory join the comparison, so a run
@@ -158,8 +159,8 @@ def _write_comparison(done: list[tuple[str, Path]], skipped: list[dict[str, str]
     (out_dir / "summary.json").write_text(json.dumps({"ran": names, "skipped": skipped}, indent=1) + "\n")
     if results:
         (out_dir / "compare.html").write_text(render_html(results, names))
-    if out_dir.resolve().parent == RESULTS:
-        (RESULTS / "README.md").write_text(results_index(RESULTS))
+    if RESULTS in out_dir.resolve().parents:
+        (RESULTS / "README.md").write_text(render(RESULTS))
     print(table)
     for s in skipped:
         print(f"skipped {s['stack']}: {s['reason']}")

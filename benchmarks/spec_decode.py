@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.machine import git_commit, machine_info
+from benchmarks.machine_load import measured_load
 from serve.engine.engine import LLMEngine
 from serve.model_store import model_path
 from serve.sampling_params import SamplingParams
@@ -119,7 +120,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = ap.parse_args(argv)
     runner, engines = build(args)
     ps = prompts(runner.tokenizer)
-    result: dict[str, Any] = {
+    with measured_load() as load:
+        result = _measure(args, runner, engines, ps, argv)
+    result["machine"]["load_avg_1m_end"] = machine_info()["load_avg_1m"]
+    result["machine"]["load"] = load
+    print_summary(result)
+    if args.out:
+        out = _RESULTS / args.out
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "spec_decode.json").write_text(json.dumps(result, indent=1))
+    return result
+
+
+def _measure(args: argparse.Namespace, runner: Any, engines: dict[str, Any], ps: dict[str, Any],
+             argv: list[str] | None) -> dict[str, Any]:
+    return {
         "command": "python -m benchmarks.spec_decode " + " ".join(argv if argv is not None else sys.argv[1:]),
         "machine": machine_info(), "git_commit": git_commit(), "args": vars(args),
         "target_quant_used": getattr(runner.model, "quantization", None),
@@ -133,13 +148,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "sweep_ngram_chat": [compare({"plain": engines["plain"], "ngram": engines["ngram"]}, ps["chat"], args, b)
                              for b in args.batches],
     }
-    result["machine"]["load_avg_1m_end"] = machine_info()["load_avg_1m"]
-    print_summary(result)
-    if args.out:
-        out = _RESULTS / args.out
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "spec_decode.json").write_text(json.dumps(result, indent=1))
-    return result
 
 
 def print_summary(r: dict[str, Any]) -> None:

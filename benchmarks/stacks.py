@@ -27,6 +27,9 @@ class Stack:
     # The server has no ignore_eos: send min_tokens = max_tokens, which suppresses EOS the same way.
     eos_via_min_tokens: bool = False
     description: str = ""
+    # The dtype the stack computes in, where one flag sets it (vLLM's --dtype); recorded in the result
+    # so generated text states what ran, not what a default was at the time the text was written.
+    dtype: str | None = None
 
     def command(self, port: int) -> list[str]:
         return [a.replace("{port}", str(port)) for a in self.argv]
@@ -139,7 +142,7 @@ def vllm(p: PeerPaths) -> Stack | Skip:
             "--served-model-name", SERVED_NAME, "--host", "127.0.0.1", "--port", "{port}",
             "--max-model-len", str(CONTEXT_PER_SEQ * 2), "--dtype", _vllm_dtype(), "--max-num-seqs", str(SLOTS)]
     env = {"VLLM_CPU_KVCACHE_SPACE": "4", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", **threads_env(p)}
-    return Stack("vllm-cpu", tuple(argv), env=env, start_timeout_s=420.0,
+    return Stack("vllm-cpu", tuple(argv), env=env, start_timeout_s=420.0, dtype=_vllm_dtype(),
                  description=f"vLLM 0.32 CPU build, {_vllm_dtype()} weights dequantized from the GGUF, own venv, "
                  f"OMP_NUM_THREADS={p.threads}")
 

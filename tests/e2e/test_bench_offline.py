@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 
 from serve.cli import main
-from serve.model_store import is_pulled
+from tests.requirements import model_missing, requires
 
 MODEL = "smollm2-135m-instruct"
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not is_pulled(MODEL), reason=f"run `sluice models pull {MODEL}` first")
+@requires("model", model_missing(MODEL))
 def test_offline_llamacpp_reports_prefill_and_decode(tmp_path: Path) -> None:
     out = tmp_path / "off.json"
     rc = main(["bench", "offline", "--backend", "llamacpp", "--model", MODEL, "--num-prompts", "3",

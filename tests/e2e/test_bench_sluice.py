@@ -12,12 +12,12 @@ import pytest
 from benchmarks.procs import free_port, running
 from benchmarks.result import load_result
 from serve.cli import main
-from serve.model_store import is_pulled
+from tests.requirements import model_missing, requires
 
 MODEL = "smollm2-135m-instruct"
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.e2e, pytest.mark.slow,
-              pytest.mark.skipif(not is_pulled(MODEL), reason=f"run `sluice models pull {MODEL}` first")]
+              requires("model", model_missing(MODEL))]
 
 
 @pytest.fixture(scope="module")

@@ -5,30 +5,21 @@ routes to it like any replica."""
 from __future__ import annotations
 
 import os
-import subprocess
 from collections.abc import Iterator
-from pathlib import Path
 
 import openai
 import pytest
 
 from tests.e2e.server_proc import MODEL, ServerProc, start_server
+from tests.requirements import require, vllm_missing
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 VLLM_PYTHON = os.environ.get("SLUICE_VLLM_PYTHON", "")
 
 
-def _vllm_importable() -> bool:
-    if not Path(VLLM_PYTHON).is_file():
-        return False
-    probe = subprocess.run([VLLM_PYTHON, "-c", "import vllm"], capture_output=True, timeout=300)
-    return probe.returncode == 0
-
-
 @pytest.fixture(scope="module")
 def vllm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProc]:
-    if not _vllm_importable():
-        pytest.skip("no vLLM venv: run `make vllm-env` (make test does)")
+    require("vllm", vllm_missing(VLLM_PYTHON))
     s = start_server(["--backend", "vllm", "-o", f"python={VLLM_PYTHON}", "-o", "max_model_len=1024",
                       "-o", "kv_cache_space_gib=1", "-o", "max_num_seqs=8"],
                      tmp_path_factory.mktemp("vllm"), timeout_s=900)

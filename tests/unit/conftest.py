@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from tests.requirements import require
+
 
 @pytest.fixture(params=["avx2-blocks", "torch-int4"])
 def cpu_int4_kernel(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
@@ -15,8 +17,7 @@ def cpu_int4_kernel(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPa
     from serve.layers.quant import gptq, q8_0
 
     if request.param == "avx2-blocks":
-        if cpu.unavailable_reason() is not None:
-            pytest.skip(f"AVX2 block kernels cannot run here: {cpu.unavailable_reason()}")
+        require("kernels", cpu.unavailable_reason())
     else:
         monkeypatch.setattr(gptq, "_block_kernels", lambda: False)
         monkeypatch.setattr(q8_0, "block_kernels_here", lambda: False)
@@ -38,7 +39,7 @@ def isa_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) ->
 
     path = next(p for p in cpu.PATHS if p.name == request.param)
     if cpu.unavailable_reason() is not None:
-        pytest.skip(f"CPU kernels cannot run here: {cpu.unavailable_reason()}")
+        require("kernels", cpu.unavailable_reason())
     if path not in cpu.supported_paths():
         pytest.skip(f"{path.name} path: this CPU lacks {', '.join(sorted(set(path.needs) - cpu_info().flags))}")
     ops = cpu.load_path(path.name)

@@ -5,12 +5,11 @@ from __future__ import annotations
 import functools
 import os
 
-import pytest
-
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from serve.model_store import model_path  # noqa: E402
+from tests.requirements import model_missing, require
 
 MODEL = "smollm2-135m-instruct"
 
@@ -18,7 +17,7 @@ MODEL = "smollm2-135m-instruct"
 def gguf_path() -> str:
     p = model_path(MODEL)
     if not p.is_file():
-        pytest.skip(f"{MODEL} is not pulled (run `sluice models pull {MODEL}`)")
+        require("model", model_missing(MODEL))
     return str(p)
 
 

@@ -6,11 +6,11 @@ import pytest
 
 from benchmarks.datasets import DatasetSpec, build
 from benchmarks.tokenizer import TokenizerNotFound, load_tokenizer
-from serve.model_store import is_pulled
+from tests.requirements import model_missing, requires
 
 MODEL = "smollm2-135m-instruct"
 pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(not is_pulled(MODEL), reason=f"run `sluice models pull {MODEL}` first")]
+              requires("model", model_missing(MODEL))]
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ from serve import model_store
 from serve.cli_serve import _parse_options, add_parser, build_config
 from serve.config import BreakerConfig, ModelConfig, ReplicaSpec, ServerConfig
 from serve.config_file import load_config
+from tests.requirements import model_missing, require
 
 TOML = """
 [server]
@@ -184,7 +185,7 @@ def gguf(tmp_path: Path) -> Path:
 
 def test_defaults_serve_the_bundled_model() -> None:
     if not model_store.is_pulled("smollm2-135m-instruct"):
-        pytest.skip("bundled model not pulled")
+        require("model", model_missing())
     cfg = build_config(serve_args())
     assert (cfg.host, cfg.port, cfg.api_key) == ("127.0.0.1", 8000, None)
     (m,) = cfg.models

@@ -14,9 +14,9 @@ import torch
 from sluice_kernels import cpu
 
 from serve.layers.quant.blocks import QK, Q4Blocks, Q8Blocks, interleave, quantize_q8
+from tests.requirements import kernels_missing, requires
 
-pytestmark = pytest.mark.skipif(cpu.unavailable_reason() is not None,
-                                reason=f"CPU kernels cannot run here: {cpu.unavailable_reason()}")
+pytestmark = requires("kernels", kernels_missing())
 
 
 @pytest.fixture(autouse=True)

@@ -10,6 +10,7 @@ import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from serve.engine.detokenizer import IncrementalDetokenizer, make_decode
+from tests.requirements import model_missing, require
 
 TEXT = "hi 🎉 日本語 and the STOP word, then more text after it"
 
@@ -91,7 +92,7 @@ def smollm_tok():  # type: ignore[no-untyped-def]
     from serve import model_store
 
     if not model_store.is_pulled("smollm2-135m-instruct"):
-        pytest.skip("bundled model not pulled (make test pulls it)")
+        require("model", model_missing())
     from serve.models.loader import load_tokenizer
 
     return load_tokenizer(model_store.model_path("smollm2-135m-instruct"))

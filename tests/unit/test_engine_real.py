@@ -16,6 +16,7 @@ from serve.engine.batch import RunnerOutput, StepBatch
 from serve.engine.config import SchedulerConfig
 from serve.engine.engine import LLMEngine
 from serve.sampling_params import SamplingParams
+from tests.requirements import model_missing, require
 
 pytestmark = pytest.mark.slow
 MODEL = "smollm2-135m-instruct"
@@ -27,7 +28,7 @@ GREEDY = SamplingParams(max_tokens=6, temperature=0, ignore_eos=True, logprobs=0
 @pytest.fixture(scope="module")
 def runner() -> Any:
     if not model_store.is_pulled(MODEL):
-        pytest.skip("bundled model not pulled (make test pulls it)")
+        require("model", model_missing(MODEL))
     from serve.worker.model_runner import ModelRunner, RunnerConfig
 
     return ModelRunner(RunnerConfig(str(model_store.model_path(MODEL)), dtype="float32",

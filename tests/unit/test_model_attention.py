@@ -11,10 +11,10 @@ import random
 
 import pytest
 import torch
-from sluice_kernels import cpu as cpu_kernels
 
 from serve.attention.base import get_backend
 from serve.worker.forward_context import build_context
+from tests.requirements import kernels_missing, require, requires
 
 HQ, HKV, D, BS, NB = 6, 2, 16, 4, 64
 CASES = [(0, 9), (11, 5), (30, 1), (3, 1), (17, 1), (8, 3)]  # (cached tokens, tokens this step)
@@ -68,7 +68,7 @@ def test_torch_sdpa_matches_reference(seed: int, decode_kernel: bool) -> None:
     ctx, q, k, v, kc, vc, full_k, full_v = make_batch(seed, dev)
     backend = get_backend("torch_sdpa", dev, BS)
     if decode_kernel and backend._decode_kernel is None:
-        pytest.skip(f"CPU kernels cannot run here: {cpu_kernels.unavailable_reason()}")
+        require("kernels", kernels_missing() or "the build failed (see the warning logged)")
     if not decode_kernel:
         backend._decode_kernel = None
     meta = backend.prepare(ctx)
@@ -81,7 +81,7 @@ def test_torch_sdpa_matches_reference(seed: int, decode_kernel: bool) -> None:
     torch.testing.assert_close(vc.view(-1, HKV, D)[slots], v)
 
 
-@pytest.mark.skipif(cpu_kernels.unavailable_reason() is not None, reason="CPU kernels cannot run here")
+@requires("kernels", kernels_missing())
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_a_decode_row_gives_the_same_bits_alone_or_in_a_batch(dtype: torch.dtype) -> None:
     """The CPU decode kernel computes each sequence on its own: no padding to the group's longest
@@ -136,7 +136,7 @@ def test_flash_attn_matches_torch_sdpa_on_cuda() -> None:
     torch.testing.assert_close(out.float().cpu(), ref, atol=2e-3, rtol=2e-3)
 
 
-@pytest.mark.skipif(cpu_kernels.unavailable_reason() is not None, reason="CPU kernels cannot run here")
+@requires("kernels", kernels_missing())
 def test_all_decode_step_through_the_kernel_writes_the_cache_and_matches_sdpa() -> None:
     """The all-decode fast path hands the step's K/V to the kernel, which writes them to their slots
     and attends in one call: same cache contents and outputs as index_copy_ + gather + SDPA."""

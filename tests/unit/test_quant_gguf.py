@@ -10,12 +10,12 @@ import pytest
 import torch
 from gguf import quants
 from gguf.constants import GGMLQuantizationType
-from sluice_kernels import cpu as cpu_kernels
 
 from serve.layers.quant import gguf as gguf_method
 from serve.layers.quant.blocks import Q8Blocks, Q8x8, from_ggml
 from serve.layers.quant.gguf import Q4_0, Q4_1, Q8_0, int4_affine
 from serve.layers.quant.int4_cpu import int4_matmul, pack_int4_affine
+from tests.requirements import kernels_missing, requires
 from tests.unit.model_fixtures import gguf_path
 
 
@@ -68,7 +68,7 @@ def test_bundled_gguf_int4_matches_dequantized(monkeypatch: pytest.MonkeyPatch) 
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(cpu_kernels.unavailable_reason() is not None, reason="AVX2 block kernels cannot run here")
+@requires("kernels", kernels_missing())
 def test_bundled_gguf_block_kernels_match_dequantized() -> None:
     """AVX2 block kernels: every linear and the tied head (the Q8_0 embedding) read blocks; the only
     difference from the dequantized model is int8 activations, as in llama.cpp."""

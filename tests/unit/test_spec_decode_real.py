@@ -15,6 +15,7 @@ from serve import model_store
 from serve.engine.engine import LLMEngine
 from serve.sampling_params import SamplingParams
 from serve.spec_decode.config import SpecDecodeConfig
+from tests.requirements import model_missing, require
 from tests.unit.test_engine_real import SmallPool
 
 pytestmark = pytest.mark.slow
@@ -33,7 +34,7 @@ _ids = itertools.count()
 @pytest.fixture(scope="module")
 def runner() -> Any:
     if not model_store.is_pulled(MODEL):
-        pytest.skip("bundled model not pulled (make test pulls it)")
+        require("model", model_missing(MODEL))
     from serve.worker.model_runner import ModelRunner, RunnerConfig
 
     return ModelRunner(RunnerConfig(str(model_store.model_path(MODEL)), dtype="float32",

@@ -10,7 +10,7 @@ run every path the machine supports against the same reference.
 `available()` compiles the chosen path once per source version (cached under
 ~/.cache/sluice/torch_ext, ~20 s the first time) and returns False, with the reason logged once,
 where no path can run: a CPU without AVX2/FMA/F16C, no C++ compiler, or SLUICE_CPU_KERNELS=0.
-Callers then take their plain-PyTorch path. `python -m serve.kernels.cpu` prints the choice per op.
+Callers then take their plain-PyTorch path; with SLUICE_REQUIRE=kernels it raises instead. `python -m serve.kernels.cpu` prints the choice per op.
 """
 
 from __future__ import annotations
@@ -157,8 +157,19 @@ def available() -> bool:
             return True
         except Exception as e:  # a failed build must leave the engine on its fallback path
             reason = f"build failed: {e}"
-    log.warning("quantized CPU kernels unavailable (%s); using PyTorch's matmuls", reason)
+    if required():
+        raise RuntimeError(f"sluice CPU kernels are required (SLUICE_REQUIRE={os.environ['SLUICE_REQUIRE']}) "
+                           f"but unavailable: {reason}")
+    log.warning("sluice CPU kernels unavailable (%s): every op falls back to PyTorch, several times slower "
+                "(`python -m serve.kernels.cpu` says why; SLUICE_REQUIRE=kernels makes this an error)", reason)
     return False
+
+
+def required() -> bool:
+    """SLUICE_REQUIRE (a comma list, e.g. `kernels,vllm`, or `all`) names the kernels: a machine where
+    they cannot run must refuse to serve rather than quietly take the slow fallback."""
+    wanted = {w.strip() for w in os.environ.get("SLUICE_REQUIRE", "").split(",")}
+    return bool(wanted & {"kernels", "all"})
 
 
 _OPS: list[Any] = []

@@ -16,7 +16,12 @@ def report() -> bool:
     print(f"ISA paths this CPU allows: {', '.join(p.name for p in cpu.supported_paths()) or 'none'}")
     amx = amx_usable()
     print(f"AMX: {'usable' if amx.usable else 'not used'} ({amx.reason})")
-    if not cpu.available():
+    try:
+        on = cpu.available()
+    except RuntimeError as e:  # required but unavailable
+        print(f"sluice CPU kernels: off, and required: {e}")
+        return False
+    if not on:
         print(f"sluice CPU kernels: off ({cpu.unavailable_reason() or 'build failed'}); PyTorch's ops are used")
         return False
     chosen = cpu.chosen_path()
@@ -27,6 +32,11 @@ def report() -> bool:
     return True
 
 
+def exit_code(on: bool) -> int:
+    """Unavailable kernels are not an error (the engine falls back to PyTorch's ops) unless
+    SLUICE_REQUIRE names them; then `make install` stops here."""
+    return 0 if on or not cpu.required() else 1
+
+
 if __name__ == "__main__":
-    report()
-    sys.exit(0)  # unavailable kernels are not an error: the engine falls back to PyTorch's ops
+    sys.exit(exit_code(report()))

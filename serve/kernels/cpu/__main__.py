@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import sys
 
-from sluice_kernels.cpu.__main__ import report
+from sluice_kernels.cpu.__main__ import exit_code, report
 
 
 def _print_llama_cpp() -> None:
@@ -22,6 +22,6 @@ def _print_llama_cpp() -> None:
 
 
 if __name__ == "__main__":
-    report()
+    on = report()
     _print_llama_cpp()
-    sys.exit(0)  # unavailable kernels are not an error: the engine falls back to PyTorch's ops
+    sys.exit(exit_code(on))
