@@ -21,6 +21,7 @@ from serve import model_store
 from serve.engine.engine import LLMEngine
 from serve.sampling_params import SamplingParams
 from serve.spec_decode.config import SpecDecodeConfig
+from tests.requirements import kernels_missing, model_missing, require
 from tests.unit.test_spec_decode_real import MODEL, TEXTS, assert_no_leaks, run
 
 pytestmark = pytest.mark.slow
@@ -32,12 +33,8 @@ GREEDY = SamplingParams(max_tokens=40, temperature=0, ignore_eos=True)
 
 @pytest.fixture(scope="module")
 def runner() -> Any:
-    from sluice_kernels import cpu
-
-    if not model_store.is_pulled(MODEL):
-        pytest.skip("bundled model not pulled (make test pulls it)")
-    if not cpu.available():
-        pytest.fail(f"the CPU kernels did not build ({cpu.unavailable_reason()}): the default target runs them")
+    require("model", model_missing(MODEL))
+    require("kernels", kernels_missing())  # the default target runs them; without, it is another path
     from serve.worker.model_runner import ModelRunner, RunnerConfig
 
     r = ModelRunner(RunnerConfig(str(model_store.model_path(MODEL)), kv_cache_bytes=64 << 20, num_threads=2))
