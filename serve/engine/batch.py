@@ -9,7 +9,9 @@ offset `p % block_size`. Block ids run from 0 to `num_blocks - 1` of the runner'
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from serve.sampling_params import SamplingParams
 
@@ -36,6 +38,10 @@ class StepBatch:
     seqs: list[ScheduledSeq]
     # Requests finished or aborted since the last step: the runner drops per-request state (RNGs).
     finished_req_ids: list[str] = field(default_factory=list)
+    # Structured output: fills the allowed-token bitmask the runner allocates (one row per logits row,
+    # in batch order; rows it leaves alone allow everything). The runner calls it on a thread while
+    # the forward pass runs and joins before sampling. None: no constrained sequence in the step.
+    fill_masks: Callable[[Any], None] | None = None
 
     @property
     def num_tokens(self) -> int:

@@ -18,6 +18,7 @@ from serve.engine.detokenizer import IncrementalDetokenizer, make_decode
 from serve.engine.outputs import RequestOutput, make_output
 from serve.engine.request import Request, RequestRejected
 from serve.engine.scheduler import Scheduler
+from serve.engine.structured_masks import mask_filler
 from serve.sampling_params import ParamError, SamplingParams, check_params_ids, check_token_ids
 from serve.spec_decode.config import SpecDecodeConfig
 from serve.spec_decode.controller import SpecController
@@ -58,6 +59,7 @@ class LLMEngine:
         self.num_steps = 0
         self.last_step_size = 0  # sequences in the last scheduled batch
         self.spec = self._spec_controller(speculative, proposer)
+        self._grammar_factory: Any = None
 
     @classmethod
     def from_config(cls, config: EngineConfig) -> LLMEngine:
@@ -102,6 +104,12 @@ class LLMEngine:
                 check_params_ids(params, vocab)
             except ParamError as e:
                 raise RequestRejected(str(e), param=e.param) from e
+        spec = getattr(params, "structured", None)
+        if spec is not None:
+            try:
+                self._grammars().matcher(spec)  # compiles once (cached): a bad grammar is this request's 400
+            except ValueError as e:
+                raise RequestRejected(f"invalid structured output constraint: {e}", param="response_format") from e
         return self.scheduler.resolve_max_tokens(num_prompt_tokens, params)
 
     def add_request(self, req_id: str, prompt_token_ids: Sequence[int], params: SamplingParams, *,
@@ -121,6 +129,10 @@ class LLMEngine:
         if self._decode is not None:
             for req in group:
                 req.detokenizer = IncrementalDetokenizer(self._decode, req.prompt_token_ids, params.stop)
+        spec = getattr(params, "structured", None)
+        if spec is not None:
+            for req in group:  # each sample walks the grammar on its own
+                req.matcher = self._grammars().matcher(spec)
         self.scheduler.add_requests(group)
         self._groups[req_id] = ids
         return ids
@@ -146,6 +158,9 @@ class LLMEngine:
             return []
         self.num_steps += 1
         faults.on_engine_step(self.num_steps)
+        fill = mask_filler(batch.seqs, self.scheduler.requests)
+        if fill is not None:
+            batch = dataclasses.replace(batch, fill_masks=fill)
         failed: list[RequestOutput] = []
         try:
             result = self.runner.execute(batch)
@@ -191,6 +206,14 @@ class LLMEngine:
                 ids = self._groups[out.group_id]
                 if all(i not in self.scheduler.requests for i in ids):
                     del self._groups[out.group_id]
+
+    def _grammars(self) -> Any:
+        """The grammar factory for this model's tokenizer, built on first use (llguidance)."""
+        if self._grammar_factory is None:
+            from serve.structured.matcher import GrammarFactory
+
+            self._grammar_factory = GrammarFactory.for_hf(self.runner.tokenizer)
+        return self._grammar_factory
 
     def stats(self) -> dict[str, float | int]:
         stats = {**self.scheduler.stats(), "num_steps": self.num_steps}

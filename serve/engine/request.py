@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import enum
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from serve.engine.batch import SampledToken
 from serve.sampling_params import SamplingParams
@@ -57,7 +57,7 @@ class Request:
                  "prompt_token_ids", "output_token_ids", "all_token_ids", "num_computed_tokens",
                  "num_cached_tokens", "max_tokens", "status", "block_hashes", "cache_salt",
                  "spec_token_ids", "detokenizer", "new_logprobs", "first_scheduled_time",
-                 "num_preemptions", "stop_reason")
+                 "num_preemptions", "stop_reason", "matcher")
 
     def __init__(self, req_id: str, prompt_token_ids: list[int], params: SamplingParams, max_tokens: int,
                  *, group_id: str | None = None, sample_index: int = 0, priority: int = 0,
@@ -83,6 +83,9 @@ class Request:
         self.first_scheduled_time: float | None = None
         self.num_preemptions = 0
         self.stop_reason: int | str | None = None  # the stop token id or stop string that ended it
+        # Structured output: the grammar state after the accepted output tokens (serve.structured's
+        # GrammarMatcher, opaque here); None when unconstrained.
+        self.matcher: Any = None
 
     @property
     def num_tokens(self) -> int:

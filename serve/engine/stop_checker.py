@@ -15,6 +15,13 @@ class StopChecker:
         Feeds the detokenizer, so it must be called exactly once per appended token.
         """
         params = req.params
+        if req.matcher is not None and token_id in self.eos_token_ids:
+            # The mask allows EOS only where the grammar may end: a constrained output is complete
+            # there, also under ignore_eos (nothing may follow it).
+            req.stop_reason = token_id
+            return RequestStatus.FINISHED_STOPPED
+        if req.matcher is not None and not req.matcher.accept(token_id):
+            raise RuntimeError(f"request {req.req_id}: token {token_id} is outside its grammar")
         if not params.ignore_eos and token_id in self.eos_token_ids:
             req.stop_reason = token_id
             return RequestStatus.FINISHED_STOPPED

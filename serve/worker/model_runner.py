@@ -17,6 +17,7 @@ from serve.engine.batch import RunnerOutput, ScheduledSeq, StepBatch
 from serve.models.loader import DTYPE_CHOICES, load_model, load_model_config, load_tokenizer
 from serve.spec_decode.rejection_sampler import RejectionSampler
 from serve.worker.forward_context import build_context
+from serve.worker.grammar_masks import GrammarMasks
 from serve.worker.sampler import Sampler, SampleRow
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,7 @@ class ModelRunner:
             eos.append(int(self.tokenizer.eos_token_id))
         self.eos_token_ids: tuple[int, ...] = tuple(dict.fromkeys(eos))
         self.sampler = Sampler(self.device)
+        self._masks = GrammarMasks(self.device)
         self.rejection = RejectionSampler(self.sampler)  # sampled requests verifying drafts
 
     def _allocate_kv_cache(self) -> int:
@@ -101,11 +103,14 @@ class ModelRunner:
                             [s.block_table for s in seqs], self.block_size, self.device)
         input_ids = torch.tensor([t for s in seqs for t in s.token_ids], dtype=torch.int64, device=self.device)
         rows, sample_rows = self._logit_rows(seqs)
+        masks = self._masks.start(batch.fill_masks, len(rows), self.vocab_size) if batch.fill_masks else None
         with torch.inference_mode():
             hidden = self.model(input_ids, ctx.positions, ctx)
             if not rows:
                 return RunnerOutput(sampled={s.req_id: [] for s in seqs})
             logits = self.model.compute_logits(hidden.index_select(0, torch.tensor(rows, device=self.device)))
+            if masks is not None:
+                self._masks.apply(logits, masks)
             return RunnerOutput(sampled=self._sample(logits, seqs, sample_rows))
 
     def _sample(self, logits: torch.Tensor, seqs: list[ScheduledSeq], rows: list[SampleRow]) -> dict[str, list]:

@@ -1,0 +1,69 @@
+"""The engine's side of structured output, with a FAKE matcher (the test is about which rows get
+filled from which grammar state, not about grammars): rows per sequence in batch order, verify rows
+walked through the drafts and rolled back, a refused draft ends the walk; and the runner's bitmask
+application keeps exactly the allowed tokens."""
+
+from __future__ import annotations
+
+import torch
+
+from serve.engine.batch import ScheduledSeq
+from serve.engine.request import Request
+from serve.engine.structured_masks import mask_filler
+from serve.sampling_params import SamplingParams
+from serve.worker.grammar_masks import apply_bitmask_
+
+
+class PrefixMatcher:
+    """FAKE grammar: the output must spell `target`; position p allows only target[p]."""
+
+    def __init__(self, target: list[int]) -> None:
+        self.target, self.pos, self.fills = target, 0, []
+
+    def fill_bitmask(self, bitmask: torch.Tensor, row: int) -> None:
+        self.fills.append((row, self.pos))
+        bitmask[row].zero_()
+        tok = self.target[self.pos]
+        bitmask[row, tok // 32] = 1 << (tok % 32)
+
+    def accept(self, token: int) -> bool:
+        if self.target[self.pos] != token:
+            return False
+        self.pos += 1
+        return True
+
+    def rollback(self, n: int) -> None:
+        self.pos -= n
+
+
+def seq(req_id: str, tokens: list[int], num_logits: int) -> ScheduledSeq:
+    return ScheduledSeq(req_id, tokens, 0, [0], num_logits, SamplingParams(), [], [])
+
+
+def request(req_id: str, matcher: object | None) -> Request:
+    r = Request(req_id, [1], SamplingParams(), 8)
+    r.matcher = matcher
+    return r
+
+
+def test_rows_follow_the_batch_and_verify_rows_walk_the_drafts() -> None:
+    m_a, m_c = PrefixMatcher([5, 6, 7, 8]), PrefixMatcher([40, 41])
+    seqs = [seq("a", [9, 5, 6, 99], 4), seq("b", [3], 1), seq("mid", [1, 2, 3], 0), seq("c", [2, 40], 2)]
+    reqs = {"a": request("a", m_a), "b": request("b", None), "mid": request("mid", None), "c": request("c", m_c)}
+    fill = mask_filler(seqs, reqs)
+    assert fill is not None
+    bitmask = torch.full((7, 2), -1, dtype=torch.int32)
+    fill(bitmask)
+    # a: rows 0-3 verify drafts [5, 6, 99]: states 0, 1, 2; draft 99 is refused, so row 3 stays open
+    assert m_a.fills == [(0, 0), (1, 1), (2, 2)] and m_a.pos == 0
+    # c: rows 5-6, one draft (40) accepted tentatively then rolled back
+    assert m_c.fills == [(5, 0), (6, 1)] and m_c.pos == 0
+    assert (bitmask[4] == -1).all() and (bitmask[3] == -1).all()  # b unconstrained; a's row after a refusal
+    logits = torch.zeros(7, 64)
+    apply_bitmask_(logits, bitmask)
+    assert [int(torch.isfinite(r).nonzero().flatten()[0]) for r in logits[:3]] == [5, 6, 7]
+    assert int(torch.isfinite(logits[0]).sum()) == 1 and bool(torch.isfinite(logits[4]).all())
+
+
+def test_no_constrained_sequence_means_no_filler() -> None:
+    assert mask_filler([seq("x", [1], 1)], {"x": request("x", None)}) is None
