@@ -41,8 +41,8 @@ def add_parser(subparsers: Any) -> None:
     grid.add_argument("--sym", action="store_true", default=None,
                       help="symmetric grid, zero point fixed at 2^(bits-1) (the default for format gptq)")
     grid.add_argument("--asym", action="store_false", dest="sym",
-                      help="asymmetric grid (a zero point per group; the default for format sluice): a little "
-                           "better perplexity (README, Quantization), but vLLM cannot load it")
+                      help="asymmetric grid (a zero point per group; the default for format sluice): better "
+                           "perplexity at the same group size (README: Quantization), but vLLM cannot load it")
     p.add_argument("--act-order", action="store_true",
                    help="GPTQ: quantize columns by decreasing Hessian diagonal (vLLM 0.32 loads it only with "
                         "--group-size -1)")
