@@ -32,6 +32,16 @@ class CheckpointMeta:
     damp_percent: float
     dtype: str = "float16"
     true_sequential: bool = True
+    fmt: str = "gptq"  # the reader it was written for (serve/quantize/formats.py)
+    group_note: str | None = None  # why group_size is not the default, when it is not
+
+
+def _sluice_block(meta: CheckpointMeta) -> dict[str, Any]:
+    """Our own keys, kept in one block that the readers dispatching on the standard keys ignore."""
+    block: dict[str, Any] = {"format": meta.fmt}
+    if meta.group_note:
+        block["group_size_note"] = meta.group_note
+    return block
 
 
 def quantization_config(meta: CheckpointMeta) -> dict[str, Any]:
@@ -41,7 +51,7 @@ def quantization_config(meta: CheckpointMeta) -> dict[str, Any]:
         "desc_act": meta.act_order, "sym": meta.spec.sym, "damp_percent": meta.damp_percent,
         "true_sequential": meta.true_sequential, "static_groups": False, "lm_head": False,
         "checkpoint_format": "gptq",  # v1 zero points (zero - 1)
-        "quantizer": [f"sluice-{meta.method}"],
+        "quantizer": [f"sluice-{meta.method}"], "sluice": _sluice_block(meta),
     }
 
 

@@ -34,6 +34,12 @@ SEQUENTIAL_GROUPS: tuple[tuple[str, ...], ...] = (
 Progress = Callable[[int, str], None]  # (layer index, stage description)
 
 
+def quantized_in_features(model: nn.Module) -> dict[str, int]:
+    """{HF module name: in_features} of every linear `quantize_decoder` will quantize, in model order."""
+    return {f"model.layers.{i}.{name}": layer.get_submodule(name).in_features
+            for i, layer in enumerate(model.model.layers) for group in SEQUENTIAL_GROUPS for name in group}
+
+
 class _StopForward(Exception):
     pass
 
