@@ -32,6 +32,7 @@ import pytest
 import torch
 
 from tests.e2e.server_proc import REPO
+from tests.requirements import require, vllm_missing
 from tests.unit.model_fixtures import gguf_path
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -44,27 +45,10 @@ NEAR_TIE = 1.0  # logits; the widest near tie measured here was 0.18 (README, Qu
 VLLM_TIMEOUT_S = 600  # start (~30-60 s) plus 8 prompts x 16 tokens on two shared cores
 
 
-def required(component: str) -> bool:
-    """CI=true, or SLUICE_REQUIRE naming `component` (comma-separated): a missing piece fails the run."""
-    wanted = {c.strip() for c in os.environ.get("SLUICE_REQUIRE", "").split(",")}
-    return os.environ.get("CI", "").lower() == "true" or component in wanted
-
-
-def missing(component: str, why: str) -> None:
-    if required(component):
-        pytest.fail(f"{why} (required here: CI=true or SLUICE_REQUIRE={os.environ.get('SLUICE_REQUIRE', '')!r})")
-    pytest.skip(why)
-
-
 @pytest.fixture(scope="module")
 def vllm_python() -> str:
-    py = os.environ.get("SLUICE_VLLM_PYTHON", "")
-    if not py or not Path(py).is_file():
-        missing("vllm", f"no vLLM venv: SLUICE_VLLM_PYTHON={py!r} is not a file (run `make vllm-env`)")
-    probe = subprocess.run([py, "-c", "import vllm"], capture_output=True, text=True, timeout=300)
-    if probe.returncode != 0:
-        missing("vllm", f"vLLM does not import in {py}: {probe.stderr.strip()[-400:]}")
-    return py
+    require("vllm", vllm_missing())  # CI fails here rather than skipping (tests/requirements.py)
+    return os.environ["SLUICE_VLLM_PYTHON"]
 
 
 def sluice(*args: str) -> str:
