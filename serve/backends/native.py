@@ -45,6 +45,11 @@ STRUCTURED_OUTPUTS = False
 STRUCTURED_FIELDS = frozenset({"response_format", "structured_outputs", "tools", "tool_choice"})
 
 
+def unsupported_fields() -> frozenset[str]:
+    """ModelInfo.unsupported of the native backend."""
+    return frozenset() if STRUCTURED_OUTPUTS else STRUCTURED_FIELDS
+
+
 class NativeBackend:
     name = "native"
 
@@ -87,7 +92,7 @@ class NativeBackend:
         self._info = ModelInfo(
             max_model_len=min(llm.runner.max_model_len, cache_len),
             vocab_size=llm.runner.vocab_size,
-            unsupported=frozenset() if STRUCTURED_OUTPUTS else STRUCTURED_FIELDS,
+            unsupported=unsupported_fields(),
             chat_template=getattr(self.tokenizer, "chat_template", None),
             bos_token=getattr(self.tokenizer, "bos_token", None) or "",
             eos_token=getattr(self.tokenizer, "eos_token", None) or "",
