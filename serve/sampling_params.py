@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from serve.structured.spec import StructuredSpec
+
 
 class ParamError(ValueError):
     """A request parameter is invalid. `param` names it for the OpenAI error envelope."""
@@ -35,6 +37,9 @@ class SamplingParams:
     # Speculative decoding per request (native engine): None = the server's setting, 0 = off,
     # k = at most k draft tokens per step (never more than the server's num_speculative_tokens).
     num_speculative_tokens: int | None = None
+    # The one output constraint (JSON schema, regex, choice, grammar); None: free text. One field, so
+    # two constraints cannot be expressed: the HTTP layer refuses a request that sets two.
+    structured: StructuredSpec | None = None
 
     def __post_init__(self) -> None:
         checks: list[tuple[bool, str, str]] = [

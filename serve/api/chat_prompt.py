@@ -15,14 +15,16 @@ from serve.backends.base import Backend, ModelInfo
 
 
 async def chat_prompt(backend: Backend, info: ModelInfo, messages: list[dict[str, Any]],
-                      add_generation_prompt: bool) -> tuple[str, list[int]]:
+                      add_generation_prompt: bool, extra: dict[str, Any] | None = None) -> tuple[str, list[int]]:
     """(rendered text, token ids). Only a backend that templates locally can tokenize content as
-    plain text; for one that does not (its upstream templates) this is an estimate, as before."""
+    plain text; for one that does not (its upstream templates) this is an estimate, as before.
+    `extra`: more template variables (`tools`, see tool_prompt.py)."""
+    extra = extra or {}
     if not info.templates_locally:
-        text = render(info.chat_template, messages, info.bos_token, info.eos_token, add_generation_prompt)
+        text = render(info.chat_template, messages, info.bos_token, info.eos_token, add_generation_prompt, **extra)
         return text, await backend.tokenize(text, add_special=False)
     segments = render_segments(info.chat_template, messages, info.bos_token, info.eos_token,
-                               add_generation_prompt)
+                               add_generation_prompt, **extra)
     text = "".join(t for t, _ in segments)
     if not await _any_control_text(backend, [t for t, content in segments if content]):
         return text, await backend.tokenize(text, add_special=False)

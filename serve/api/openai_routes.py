@@ -16,12 +16,15 @@ from serve.api.chat_prompt import chat_prompt
 from serve.api.deadline import with_deadline
 from serve.api.errors import invalid
 from serve.api.metering import metered
-from serve.api.protocol import ChatCompletionRequest, CompletionRequest, _Common, parse
+from serve.api.protocol import UPSTREAM_FIELDS, ChatCompletionRequest, CompletionRequest, _Common, parse
 from serve.api.request_limits import check_chat, check_completion, check_max_tokens, check_prompt_tokens
 from serve.api.state import AppState, read_json, to_api_error
 from serve.api.streaming import chain_first, prime, sse, sse_body, until_disconnect
+from serve.api.structured_request import check_compiles
 from serve.api.tenancy import observed, salted
 from serve.api.token_ids import check_request_ids
+from serve.api.tool_calls import tool_events
+from serve.api.tool_prompt import prepare
 from serve.backends.base import Backend, Delta, GenerateRequest, ModelInfo, StreamEvent, Unsupported, Usage
 from serve.backends.merge import merge
 from serve.limits import Limits
@@ -73,42 +76,63 @@ async def _local_request(backend: Backend, rid: str, params: SamplingParams, pro
 
 async def chat_completions(request: Request) -> Response:
     state: AppState = request.app.state.sluice
-    req: ChatCompletionRequest = parse(ChatCompletionRequest, await read_json(request, state))
+    body = await read_json(request, state)
+    req: ChatCompletionRequest = parse(ChatCompletionRequest, body)
     check_chat(req, state.config.limits)
-    req.check_features()
     group = state.resolve(req.model, request)
-    params = req.sampling_params()
+    plan = req.tool_plan()
+    constraint = req.constraint()
+    params = req.sampling_params(constraint[0] if constraint else None)
     messages = [m.flat() for m in req.messages]
+    upstream = _upstream_fields(body)
     rid = f"chatcmpl-{uuid.uuid4().hex}"
+    served_locally = [True]  # set by `make` for the replica that serves (before its first event)
 
     async def make(replica: Replica) -> GenerateRequest:
         backend, info = replica.backend, replica.backend.info
         check_supported(req, info, backend.name)
+        served_locally[0] = info.templates_locally
         if not info.templates_locally:
             check_max_tokens(params.max_tokens, state.config.limits)
-            return GenerateRequest(rid, params, messages=tuple(messages), model=req.model, priority=req.priority)
+            return GenerateRequest(rid, params, messages=tuple(messages), model=req.model, priority=req.priority,
+                                   upstream_fields=upstream)
         if not info.chat_template:
             # vLLM's rule too: guessing a template for a base model gives confident nonsense.
             raise invalid(f"model '{req.model}' has no chat template (a base model?); use /v1/completions",
                           "messages", "no_chat_template")
-        text, ids = await chat_prompt(backend, info, messages, req.add_generation_prompt)
+        if constraint:
+            await check_compiles(constraint)
+        rendered, extra = prepare(messages, plan, info.chat_template)
+        text, ids = await chat_prompt(backend, info, rendered, req.add_generation_prompt, extra)
         return await _local_request(backend, rid, params, ids, False, req.model, req.priority,
                                     state.config.limits, text)
 
     prefix_key = "\x00".join(str(m["content"]) for m in messages[:2])[:1024]
     events = state.router.stream(group, salted(make, request), prefix_key)
+    if plan is not None:
+        events = tool_events(events, plan, lambda: served_locally[0])
     return await _respond(request, state, req, group.name, rid, events, _ChatFormat(rid, req))
+
+
+def _upstream_fields(body: object) -> dict[str, Any]:
+    """The constraint fields exactly as the client sent them (an upstream may know more than we parse)."""
+    if not isinstance(body, dict):
+        return {}
+    return {k: body[k] for k in UPSTREAM_FIELDS if body.get(k) is not None}
 
 
 async def completions(request: Request) -> Response:
     state: AppState = request.app.state.sluice
-    req: CompletionRequest = parse(CompletionRequest, await read_json(request, state))
+    body = await read_json(request, state)
+    req: CompletionRequest = parse(CompletionRequest, body)
     if req.suffix:
         raise invalid("suffix is not supported", "suffix")
     prompts = req.prompts()
     check_completion(req, state.config.limits, len(prompts))
     group = state.resolve(req.model, request)
-    params = req.sampling_params()
+    constraint = req.constraint()
+    params = req.sampling_params(constraint[0] if constraint else None)
+    upstream = _upstream_fields(body)
     rid = f"cmpl-{uuid.uuid4().hex}"
 
     def stream_for(prompt: str | list[int]) -> AsyncIterator[StreamEvent]:
@@ -118,7 +142,10 @@ async def completions(request: Request) -> Response:
                 if not isinstance(prompt, str):
                     raise invalid("token-id prompts are not supported by the remote backend", "prompt")
                 check_max_tokens(params.max_tokens, state.config.limits)
-                return GenerateRequest(rid, params, prompt=prompt, model=req.model, priority=req.priority)
+                return GenerateRequest(rid, params, prompt=prompt, model=req.model, priority=req.priority,
+                                       upstream_fields=upstream)
+            if constraint:
+                await check_compiles(constraint)
             return await _local_request(replica.backend, rid, params, prompt, True, req.model, req.priority,
                                         state.config.limits)
         key = prompt[:1024] if isinstance(prompt, str) else ",".join(map(str, prompt[:256]))
@@ -200,6 +227,8 @@ class _ChatFormat(_Format):
         if ev.text or ev.logprobs:
             lp = R.chat_logprobs(ev.logprobs) if (self.want_logprobs and ev.logprobs) else None
             out.append(mk(self.rid, self.created, self.model, ev.index, {"content": ev.text}, logprobs=lp))
+        if ev.tool_calls:
+            out.append(mk(self.rid, self.created, self.model, ev.index, {"tool_calls": list(ev.tool_calls)}))
         if ev.finish_reason:
             out.append(mk(self.rid, self.created, self.model, ev.index, {}, ev.finish_reason))
         return out

@@ -11,8 +11,19 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from serve.api.errors import APIError, invalid
-from serve.api.protocol_tools import ResponseFormat, Tool, ToolChoice, unsupported_feature
+from serve.api.protocol_tools import ResponseFormat, StructuredOutputs, TextFormat, Tool, ToolChoice
+from serve.api.structured_request import (
+    Constraint,
+    from_response_format,
+    from_structured_outputs,
+    one_constraint,
+)
+from serve.api.tool_spec import ToolPlan, plan_tools
 from serve.sampling_params import ParamError, SamplingParams
+from serve.structured.spec import StructuredSpec
+
+# Request fields that constrain the output; forwarded unchanged to a backend whose upstream decodes.
+UPSTREAM_FIELDS = ("response_format", "structured_outputs", "tools", "tool_choice", "parallel_tool_calls")
 
 
 class StreamOptions(BaseModel):
@@ -43,8 +54,13 @@ class _Common(BaseModel):
     stream_options: StreamOptions | None = None
     priority: int = 0
     num_speculative_tokens: int | None = None  # native engine: 0 = no speculation for this request
+    structured_outputs: StructuredOutputs | None = None  # vLLM's extra body field
 
-    def _params(self, max_tokens: int | None, logprobs: int | None) -> SamplingParams:
+    def constraint(self) -> Constraint | None:
+        return from_structured_outputs(self.structured_outputs)
+
+    def _params(self, max_tokens: int | None, logprobs: int | None,
+                structured: StructuredSpec | None = None) -> SamplingParams:
         stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
         try:
             bias = {int(k): float(v) for k, v in (self.logit_bias or {}).items()}
@@ -62,6 +78,7 @@ class _Common(BaseModel):
                 seed=self.seed, stop=stop, stop_token_ids=tuple(self.stop_token_ids or ()),
                 ignore_eos=self.ignore_eos, logprobs=logprobs, logit_bias=bias,
                 echo=bool(getattr(self, "echo", False)), num_speculative_tokens=self.num_speculative_tokens,
+                structured=structured,
             )
         except ParamError as e:
             raise invalid(str(e), e.param) from e
@@ -110,20 +127,37 @@ class ChatCompletionRequest(_Common):
     add_generation_prompt: bool = True
     tools: list[Tool] | None = None
     tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool | None = None
     response_format: ResponseFormat | None = None
 
-    def check_features(self) -> None:
-        """Refuse tool calling and structured output until they are implemented (never ignore them)."""
-        name = unsupported_feature(self.tools, self.tool_choice, self.response_format)
-        if name:
-            raise invalid(f"'{name}' is not supported by this server yet", name, "unsupported_parameter")
+    def tool_plan(self) -> ToolPlan | None:
+        return plan_tools(self.tools, self.tool_choice, self.parallel_tool_calls)
 
-    def sampling_params(self) -> SamplingParams:
+    def constraint(self) -> Constraint | None:
+        """The one output constraint: response_format, structured_outputs, or the tools' call grammar."""
+        plan = self.tool_plan()
+        tools = (plan.spec(), "tools") if plan else None
+        return one_constraint(tools, from_response_format(self.response_format), super().constraint())
+
+    def set_fields(self) -> set[str]:
+        """As in _Common, less the no-ops every backend honours: response_format "text", tool_choice
+        "none" / "auto", tools offered with tool_choice "none" (rendered, never called), and
+        parallel_tool_calls (it only shapes a call that `tools` already names)."""
+        names = super().set_fields() - {"parallel_tool_calls"}
+        if isinstance(self.response_format, TextFormat):
+            names.discard("response_format")
+        if self.tool_choice in ("none", "auto"):
+            names.discard("tool_choice")
+        if self.tool_choice == "none":
+            names.discard("tools")
+        return names
+
+    def sampling_params(self, structured: StructuredSpec | None = None) -> SamplingParams:
         if self.top_logprobs is not None and not self.logprobs:
             raise invalid("top_logprobs requires logprobs to be true", "top_logprobs")
         k = (self.top_logprobs or 0) if self.logprobs else None
         max_tokens = self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
-        return self._params(max_tokens, k)
+        return self._params(max_tokens, k, structured)
 
 
 PromptType = str | list[str] | list[int] | list[list[int]]
@@ -142,8 +176,8 @@ class CompletionRequest(_Common):
             raise ValueError("prompt must not be an empty list")
         return v
 
-    def sampling_params(self) -> SamplingParams:
-        return self._params(self.max_tokens if self.max_tokens is not None else 16, self.logprobs)
+    def sampling_params(self, structured: StructuredSpec | None = None) -> SamplingParams:
+        return self._params(self.max_tokens if self.max_tokens is not None else 16, self.logprobs, structured)
 
     def prompts(self) -> list[str | list[int]]:
         """One entry per prompt in the batch: text, or token ids."""

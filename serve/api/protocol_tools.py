@@ -1,9 +1,7 @@
-"""Request schemas for tool calling and structured output (OpenAI's `tools`, `tool_choice`,
-`response_format`).
-
-They are parsed (so /openapi.json and the 400s describe them) but not yet honoured: a request that
-sets one of them to anything but a no-op gets a 400 naming the field rather than an answer that
-silently ignores it. `unsupported_feature` is that check.
+"""Request schemas for tool calling and structured output: OpenAI's `tools`, `tool_choice`,
+`response_format`, and vLLM's extra body field `structured_outputs` (OpenAI has no regex / choice /
+grammar). Which of them a backend honours is its ModelInfo.unsupported; how they become one
+constraint is serve/api/structured_request.py.
 """
 
 from __future__ import annotations
@@ -68,15 +66,12 @@ class JsonSchemaFormat(BaseModel):
 ResponseFormat = Annotated[TextFormat | JsonObjectFormat | JsonSchemaFormat, Field(discriminator="type")]
 
 
-def unsupported_feature(tools: list[Tool] | None, tool_choice: ToolChoice | None,
-                        response_format: Any) -> str | None:
-    """The first of the three fields set to something this server cannot honour yet, else None.
-    No-ops: no or empty tools; tool_choice "none" (or "auto" with no tools: nothing to call);
-    response_format {"type": "text"} (plain text is what every answer is)."""
-    if tools:
-        return "tools"
-    if tool_choice is not None and tool_choice not in ("none", "auto"):
-        return "tool_choice"
-    if response_format is not None and not isinstance(response_format, TextFormat):
-        return "response_format"
-    return None
+class StructuredOutputs(BaseModel):
+    """vLLM's `structured_outputs` (exactly one key). Unknown keys are refused, not ignored: vLLM has
+    more (structural_tag, whitespace options) that this server does not implement."""
+
+    model_config = ConfigDict(extra="forbid")
+    json_: dict[str, Any] | str | None = Field(default=None, alias="json")
+    regex: str | None = None
+    choice: list[str] | None = None
+    grammar: str | None = None

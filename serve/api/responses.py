@@ -51,6 +51,7 @@ class ChoiceState:
     logprobs: list[TokenLogprob] = field(default_factory=list)
     finish_reason: str | None = None
     chars: int = 0
+    tool_calls: dict[int, dict[str, Any]] = field(default_factory=dict)  # by tool-call index
 
     def add(self, d: Delta) -> None:
         self.text.append(d.text)
@@ -59,6 +60,27 @@ class ChoiceState:
             self.logprobs.extend(d.logprobs)
         if d.finish_reason:
             self.finish_reason = d.finish_reason
+        for part in d.tool_calls or ():
+            _merge_call(self.tool_calls, part)
+
+    def message(self) -> dict[str, Any]:
+        text = "".join(self.text)
+        if not self.tool_calls:
+            return {"role": "assistant", "content": text}
+        calls = [self.tool_calls[i] for i in sorted(self.tool_calls)]
+        return {"role": "assistant", "content": text or None, "tool_calls": calls}
+
+
+def _merge_call(calls: dict[int, dict[str, Any]], part: dict[str, Any]) -> None:
+    """Fold one stream delta of a tool call into the whole call (arguments concatenate)."""
+    call = calls.setdefault(int(part.get("index", 0)),
+                            {"id": "", "type": "function", "function": {"name": "", "arguments": ""}})
+    if part.get("id"):
+        call["id"] = part["id"]
+    fn = part.get("function") or {}
+    if fn.get("name"):
+        call["function"]["name"] = fn["name"]
+    call["function"]["arguments"] += fn.get("arguments") or ""
 
 
 def chat_response(rid: str, created: int, model: str, choices: dict[int, ChoiceState], usage: Usage | None,
@@ -66,7 +88,7 @@ def chat_response(rid: str, created: int, model: str, choices: dict[int, ChoiceS
     return {
         "id": rid, "object": "chat.completion", "created": created, "model": model,
         "choices": [
-            {"index": i, "message": {"role": "assistant", "content": "".join(c.text)},
+            {"index": i, "message": c.message(),
              "logprobs": chat_logprobs(c.logprobs) if want_logprobs else None,
              "finish_reason": c.finish_reason or "stop"}
             for i, c in sorted(choices.items())

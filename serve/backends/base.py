@@ -96,6 +96,9 @@ class GenerateRequest:
     cache_salt: str | None = None
     # Chat requests stop on the template's end-of-turn token; a backend adds these to its stop set.
     extra: dict[str, Any] = field(default_factory=dict)
+    # OpenAI request fields a backend whose upstream decodes forwards unchanged (response_format,
+    # structured_outputs, tools, tool_choice, parallel_tool_calls); local backends read params.structured.
+    upstream_fields: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -115,7 +118,10 @@ class Delta:
     text: str = ""
     token_ids: tuple[int, ...] = ()
     logprobs: tuple[TokenLogprob, ...] | None = None
-    finish_reason: str | None = None  # "stop" | "length" | "abort"
+    finish_reason: str | None = None  # "stop" | "length" | "abort" | "tool_calls"
+    # OpenAI stream-delta tool_calls entries ({index, id?, type?, function: {name?, arguments}}): from
+    # an upstream as sent, or from serve/api/tool_calls.py for output decoded here.
+    tool_calls: tuple[dict[str, Any], ...] | None = None
 
 
 @dataclass(frozen=True)

@@ -110,8 +110,9 @@ class LlamaCppBackend:
         def emit(kind: str, payload: object) -> None:
             loop.call_soon_threadsafe(queue.put_nowait, (kind, payload))
 
+        matcher = await self._matcher(request)
         engine.submit(Job(request.request_id, list(request.prompt_token_ids or ()), request.params, emit,
-                          seed_offset=index, cache_salt=request.cache_salt))
+                          seed_offset=index, cache_salt=request.cache_salt, matcher=matcher))
         finished = False
         try:
             while True:
@@ -130,6 +131,16 @@ class LlamaCppBackend:
         finally:
             if not finished:
                 engine.abort(request.request_id)
+
+    async def _matcher(self, request: GenerateRequest) -> Any:
+        """The request's grammar matcher (one per sample), or None; a spec that does not compile is a 400."""
+        spec = request.params.structured
+        if spec is None:
+            return None
+        try:
+            return await asyncio.to_thread(lambda: self._engine().grammar_factory().matcher(spec))
+        except ValueError as e:
+            raise BackendError(str(e), 400, "invalid_request_error") from e
 
     def _delta(self, index: int, payload: Any, k: int | None) -> Delta:
         text, token, lp, top = payload

@@ -27,6 +27,8 @@ from serve.backends.np_sampler import RowSampler
 from serve.backends.text_stream import TextStream
 from serve.sampling_params import SamplingParams
 from serve.spec_decode.stats import SpecDecodeStats
+from serve.structured.bitmask import apply_bitmask_numpy
+from serve.structured.matcher import GrammarFactory, GrammarMatcher
 
 llama_cpp = load_llama_cpp()  # the portable build, CPU variant chosen for this machine
 _internals = importlib.import_module("llama_cpp._internals")
@@ -82,6 +84,10 @@ class Job:
     text: TextStream | None = None
     spec: SpecState | None = None  # proposer history; None when this job does not speculate
     drafts: list[int] = field(default_factory=list)  # proposed for the coming step, after `pending`
+    # The output constraint's parse state (params.structured), built by the caller from
+    # engine.grammar_factory() so that a bad spec fails before queueing. Constrained jobs never
+    # speculate: prompt-lookup drafts would need masks per draft and matcher rollback.
+    matcher: GrammarMatcher | None = None
 
 
 class LlamaCppEngine:
@@ -104,6 +110,9 @@ class LlamaCppEngine:
         # Token bytes, looked up once: plain pieces for output text, special ones for logprob labels.
         self.pieces = [_piece(self.model.vocab, t, False) for t in range(self.n_vocab)]
         self.special_pieces = [_piece(self.model.vocab, t, True) for t in range(self.n_vocab)]
+        self._grammars: GrammarFactory | None = None
+        self._grammars_lock = threading.Lock()
+        self._mask: np.ndarray | None = None  # one bitmask row, reused: only the loop thread samples
         self.slot_tokens: list[list[int]] = [[] for _ in range(opts.n_parallel)]
         self.slot_used_at = [0.0] * opts.n_parallel
         self.slot_salt: list[str | None] = [None] * opts.n_parallel  # the salt of the slot's cached tokens
@@ -132,6 +141,28 @@ class LlamaCppEngine:
             self._stop = True
             self._cv.notify()
         self._thread.join(timeout=10)
+
+    def grammar_factory(self) -> GrammarFactory:
+        """Built on first use (about a second for a 49k vocabulary), then shared by every request."""
+        with self._grammars_lock:
+            if self._grammars is None:
+                special = self.special_ids()
+                tokens = [self.special_pieces[t] if t in special else self.pieces[t] for t in range(self.n_vocab)]
+                self._grammars = GrammarFactory.for_vocab(
+                    tokens, sorted(self.eog), special,
+                    lambda text: self.model.tokenize(text, add_bos=False, special=False))
+            return self._grammars
+
+    def special_ids(self) -> set[int]:
+        """Control tokens, and user-defined ones spelled like `<...>`: never grammar text."""
+        out = set()
+        for t in range(self.n_vocab):
+            attr = llama_cpp.llama_vocab_get_attr(self.model.vocab, t)
+            piece = self.special_pieces[t]
+            if attr & llama_cpp.LLAMA_TOKEN_ATTR_CONTROL or (
+                    attr & llama_cpp.LLAMA_TOKEN_ATTR_USER_DEFINED and piece.startswith(b"<") and piece.endswith(b">")):
+                out.add(t)
+        return out
 
     def stats(self) -> dict[str, float]:
         return {"num_requests_running": len(self.running), "num_requests_waiting": len(self.waiting),
@@ -193,7 +224,8 @@ class LlamaCppEngine:
         job.queue_time = time.monotonic() - job.arrival
         job.sampler = RowSampler(job.params, job.prompt, self.n_vocab, job.seed_offset)
         job.text = TextStream(job.params.stop)
-        if self.opts.spec is not None and job.speculate and job.params.num_speculative_tokens != 0:
+        if self.opts.spec is not None and job.speculate and job.params.num_speculative_tokens != 0 \
+                and job.matcher is None:
             max_new = min(job.params.max_tokens or self.opts.n_ctx_per_seq, self.opts.n_ctx_per_seq)
             job.spec = SpecState.for_prompt(job.prompt, max_new)
         self.running[slot] = job
@@ -253,8 +285,22 @@ class LlamaCppEngine:
 
     def _sample(self, job: Job, row: int) -> None:
         assert job.sampler is not None
-        token, lp, top = job.sampler.sample(self._logits(row))
+        logits = self._logits(row)
+        if job.matcher is not None:
+            logits = self._constrain(job.matcher, logits)
+        token, lp, top = job.sampler.sample(logits)
         self._emit(job, token, lp, top, job.pos)
+
+    def _constrain(self, matcher: GrammarMatcher, raw: np.ndarray) -> np.ndarray:
+        """A masked copy of the row (llama.cpp owns `raw`). Logprobs are then those of the constrained
+        distribution, as vLLM reports them for structured output."""
+        factory = self.grammar_factory()
+        if self._mask is None:
+            self._mask = factory.new_bitmask(1)
+        matcher.fill_bitmask(self._mask, 0)
+        logits = raw.copy()
+        apply_bitmask_numpy(logits, self._mask[0])
+        return logits
 
     def _verify(self, job: Job, row0: int) -> None:
         """Rows row0.. hold the logits after the last token and after each draft. Emit tokens while
@@ -296,7 +342,13 @@ class LlamaCppEngine:
         text = job.text.push(piece)
         job.emit("token", (text, token, lp, top))
         self.slot_used_at[job.slot] = time.monotonic()
-        if is_stop_token or job.text.stopped:
+        grammar_done = False
+        if job.matcher is not None and not is_stop_token:
+            if not job.matcher.accept(token):
+                self._finish(job.slot, "error", f"output constraint rejected token {token}: {job.matcher.error()}")
+                return True
+            grammar_done = job.matcher.is_finished()  # only EOS could follow: end now, a step early
+        if is_stop_token or job.text.stopped or grammar_done:
             self._finish(job.slot, "stop")
         elif job.n_out >= (p.max_tokens or 1 << 30) or pos + 1 >= self.opts.n_ctx_per_seq:
             self._finish(job.slot, "length")

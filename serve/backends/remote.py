@@ -156,6 +156,7 @@ class RemoteBackend:
             body["prompt"] = request.prompt
             if request.params.logprobs is not None:
                 body["logprobs"] = request.params.logprobs
+        body.update(request.upstream_fields)  # constraints and tools, exactly as the client sent them
         if request.cache_salt and self.spec.options.get("cache_salt", True):
             body["cache_salt"] = request.cache_salt  # vLLM's field; option cache_salt=false for upstreams that refuse it
         url = f"{self.base}/{'chat/completions' if chat else 'completions'}"
@@ -258,9 +259,11 @@ async def _events(lines: AsyncIterator[str], chat: bool) -> AsyncIterator[Stream
 
 
 def _delta(choice: dict[str, Any], chat: bool) -> Delta:
-    text = (choice.get("delta") or {}).get("content") if chat else choice.get("text")
+    delta = choice.get("delta") or {}
+    text = delta.get("content") if chat else choice.get("text")
+    calls = delta.get("tool_calls") if chat else None
     return Delta(index=int(choice.get("index", 0)), text=text or "", finish_reason=choice.get("finish_reason"),
-                 logprobs=_logprobs(choice.get("logprobs"), chat))
+                 logprobs=_logprobs(choice.get("logprobs"), chat), tool_calls=tuple(calls) if calls else None)
 
 
 def _logprobs(lp: dict[str, Any] | None, chat: bool) -> tuple[TokenLogprob, ...] | None:

@@ -74,26 +74,6 @@ def test_completion_batch_and_prompt_tokens() -> None:
     assert (info.value.status, info.value.param) == (400, "messages")
 
 
-@pytest.mark.parametrize(("kw", "param"), [
-    ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
-    ({"tool_choice": "required"}, "tool_choice"),
-    ({"tool_choice": {"type": "function", "function": {"name": "f"}}}, "tool_choice"),
-    ({"response_format": {"type": "json_object"}}, "response_format"),
-    ({"response_format": {"type": "json_schema", "json_schema": {"name": "s", "schema": {}}}}, "response_format"),
-])
-def test_tools_and_structured_output_are_refused_not_ignored(kw: dict[str, Any], param: str) -> None:
-    req = parse(ChatCompletionRequest, {"model": "m", "messages": [MSG], **kw})
-    with pytest.raises(APIError) as info:
-        req.check_features()
-    assert (info.value.status, info.value.param) == (400, param)
-
-
-@pytest.mark.parametrize("kw", [{}, {"tools": []}, {"tool_choice": "none"}, {"tool_choice": "auto"},
-                                {"response_format": {"type": "text"}}])
-def test_no_op_tool_and_format_settings_pass(kw: dict[str, Any]) -> None:
-    parse(ChatCompletionRequest, {"model": "m", "messages": [MSG], **kw}).check_features()
-
-
 def test_malformed_response_format_is_a_400_on_its_field() -> None:
     with pytest.raises(APIError) as info:
         parse(ChatCompletionRequest, {"model": "m", "messages": [MSG], "response_format": {"type": "yaml"}})

@@ -28,7 +28,8 @@ JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_
 FIELDS = ["model", "messages", "prompt", "max_tokens", "max_completion_tokens", "temperature", "top_p", "top_k",
           "min_p", "stop", "stop_token_ids", "seed", "n", "presence_penalty", "frequency_penalty",
           "repetition_penalty", "logit_bias", "ignore_eos", "stream", "stream_options", "priority", "logprobs",
-          "top_logprobs", "echo", "suffix", "tools", "tool_choice", "response_format", "num_speculative_tokens"]
+          "top_logprobs", "echo", "suffix", "tools", "tool_choice", "response_format", "num_speculative_tokens",
+          "structured_outputs", "parallel_tool_calls"]
 # Near-valid bodies: real field names with arbitrary values, and well-formed messages, so that the
 # checks after the schema (sampling params, limits, unsupported features) are reached too.
 MESSAGE = st.fixed_dictionaries({"role": st.sampled_from(["user", "system", "assistant", "wizard"]),
@@ -44,11 +45,12 @@ def _validate(model: type, body: dict[str, Any]) -> None:
     req = parse(model, body)
     if isinstance(req, ChatCompletionRequest):
         check_chat(req, limits)
-        req.check_features()
+        req.constraint()
         for m in req.messages:
             m.flat()
     else:
         check_completion(req, limits, len(req.prompts()))
+        req.constraint()
     req.sampling_params()
 
 
