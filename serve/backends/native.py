@@ -38,16 +38,9 @@ log = logging.getLogger("sluice.native")
 # A crash loop (the engine dies again right after each restart) is given up after this many
 # restarts within RESTART_WINDOW_S: the replica then stays down and its health says so.
 MAX_RESTARTS, RESTART_WINDOW_S = 5, 60.0
-# Grammar masks in the native engine's sampler (SamplingParams.structured): until they are applied
-# there, the constraint fields are refused with a 400 naming them, never silently ignored. Flip to
-# True when the engine honours params.structured (tools then work too: they are a grammar).
-STRUCTURED_OUTPUTS = False
+# The constraint fields the engine honours through grammar masks (SamplingParams.structured;
+# tools are a grammar too). The native backend declares no request field unsupported.
 STRUCTURED_FIELDS = frozenset({"response_format", "structured_outputs", "tools", "tool_choice"})
-
-
-def unsupported_fields() -> frozenset[str]:
-    """ModelInfo.unsupported of the native backend."""
-    return frozenset() if STRUCTURED_OUTPUTS else STRUCTURED_FIELDS
 
 
 class NativeBackend:
@@ -92,7 +85,7 @@ class NativeBackend:
         self._info = ModelInfo(
             max_model_len=min(llm.runner.max_model_len, cache_len),
             vocab_size=llm.runner.vocab_size,
-            unsupported=unsupported_fields(),
+            unsupported=frozenset(),
             chat_template=getattr(self.tokenizer, "chat_template", None),
             bos_token=getattr(self.tokenizer, "bos_token", None) or "",
             eos_token=getattr(self.tokenizer, "eos_token", None) or "",

@@ -104,7 +104,7 @@ class LLMEngine:
                 check_params_ids(params, vocab)
             except ParamError as e:
                 raise RequestRejected(str(e), param=e.param) from e
-        spec = getattr(params, "structured", None)
+        spec = params.structured
         if spec is not None:
             try:
                 self._grammars().matcher(spec)  # compiles once (cached): a bad grammar is this request's 400
@@ -129,7 +129,7 @@ class LLMEngine:
         if self._decode is not None:
             for req in group:
                 req.detokenizer = IncrementalDetokenizer(self._decode, req.prompt_token_ids, params.stop)
-        spec = getattr(params, "structured", None)
+        spec = params.structured
         if spec is not None:
             for req in group:  # each sample walks the grammar on its own
                 req.matcher = self._grammars().matcher(spec)
@@ -158,7 +158,7 @@ class LLMEngine:
             return []
         self.num_steps += 1
         faults.on_engine_step(self.num_steps)
-        fill = mask_filler(batch.seqs, self.scheduler.requests)
+        fill = mask_filler(batch.seqs, self.scheduler.requests, lambda: self._grammars().vocab_size)
         if fill is not None:
             batch = dataclasses.replace(batch, fill_masks=fill)
         failed: list[RequestOutput] = []

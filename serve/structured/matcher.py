@@ -44,6 +44,11 @@ class GrammarMatcher:
             self.accepted += 1
         return ok
 
+    def valid_prefix(self, tokens: list[int]) -> int:
+        """How many leading `tokens` the grammar would accept from here, without moving (drafts are
+        checked this way: consuming a refused token would leave the matcher in error for good)."""
+        return int(self._m.validate_tokens(tokens)) if tokens else 0
+
     def rollback(self, n: int) -> None:
         """Undo the last n accepted tokens (rejected speculative drafts)."""
         if n <= 0:

@@ -103,7 +103,8 @@ class ModelRunner:
                             [s.block_table for s in seqs], self.block_size, self.device)
         input_ids = torch.tensor([t for s in seqs for t in s.token_ids], dtype=torch.int64, device=self.device)
         rows, sample_rows = self._logit_rows(seqs)
-        masks = self._masks.start(batch.fill_masks, len(rows), self.vocab_size) if batch.fill_masks else None
+        fill = batch.fill_masks
+        masks = self._masks.start(fill, len(rows), getattr(fill, "vocab_size", 0) or self.vocab_size) if fill else None
         with torch.inference_mode():
             hidden = self.model(input_ids, ctx.positions, ctx)
             if not rows:

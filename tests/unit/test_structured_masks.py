@@ -11,7 +11,7 @@ from serve.engine.batch import ScheduledSeq
 from serve.engine.request import Request
 from serve.engine.structured_masks import mask_filler
 from serve.sampling_params import SamplingParams
-from serve.worker.grammar_masks import apply_bitmask_
+from serve.structured.bitmask import apply_bitmask_torch
 
 
 class PrefixMatcher:
@@ -34,6 +34,12 @@ class PrefixMatcher:
 
     def rollback(self, n: int) -> None:
         self.pos -= n
+
+    def valid_prefix(self, tokens: list[int]) -> int:
+        n = 0
+        while n < len(tokens) and self.pos + n < len(self.target) and tokens[n] == self.target[self.pos + n]:
+            n += 1
+        return n
 
 
 def seq(req_id: str, tokens: list[int], num_logits: int) -> ScheduledSeq:
@@ -60,7 +66,7 @@ def test_rows_follow_the_batch_and_verify_rows_walk_the_drafts() -> None:
     assert m_c.fills == [(5, 0), (6, 1)] and m_c.pos == 0
     assert (bitmask[4] == -1).all() and (bitmask[3] == -1).all()  # b unconstrained; a's row after a refusal
     logits = torch.zeros(7, 64)
-    apply_bitmask_(logits, bitmask)
+    apply_bitmask_torch(logits, bitmask)
     assert [int(torch.isfinite(r).nonzero().flatten()[0]) for r in logits[:3]] == [5, 6, 7]
     assert int(torch.isfinite(logits[0]).sum()) == 1 and bool(torch.isfinite(logits[4]).all())
 
