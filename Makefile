@@ -22,7 +22,7 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip wheel
 	CMAKE_ARGS="-DLLAMA_BUILD=OFF -DLLAVA_BUILD=OFF" $(PIP) install -q --no-cache-dir --no-deps '$(LLAMA_CPP_PIN)'
-	$(PIP) install -e '.[dev]'
+	$(PIP) install -e '.[dev,ray,otel]'
 	$(PY) -m serve.backends.llamacpp_build
 	$(PY) -m serve.kernels.cpu
 	touch $@

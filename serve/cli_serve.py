@@ -122,6 +122,10 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         config = build_config(args)
+        if config.cluster is not None:  # engines on Ray Serve; this process only deploys and waits
+            from serve.cluster.deploy import run_cluster
+
+            return run_cluster(config)
         from serve.server import build_app
 
         app = build_app(config)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from serve.cluster.config import ClusterConfig
 from serve.limits import Limits
 from serve.tenancy.keys import KeySpec
 
@@ -85,6 +86,7 @@ class ServerConfig:
     audit_log: str | None = None  # JSONL file, one line per request
     audit_log_prompts: bool = False  # also write prompt and output text into the audit log
     limits: Limits = field(default_factory=Limits)
+    cluster: ClusterConfig | None = None  # [cluster]: engines on Ray Serve; None: this one process
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:

@@ -33,6 +33,9 @@ OpenAI's `x-ratelimit-{limit,remaining,reset}-{requests,tokens}` headers. A mode
 answers 404 `model_not_found`, as an unknown model does. With two or more keys each key's prompts go
 into its own prefix-cache namespace (a cache salt), so one tenant cannot time another's prompts.
 
+`[cluster] engine = "ray"` runs each model's engines as Ray Serve replicas behind this same HTTP app
+(serve/cluster/config.py lists its keys); without it everything runs in this one process.
+
 `audit_log = "/var/log/sluice/audit.jsonl"` writes one JSON line per request (time, request id, key id,
 model, token counts, status, latency, finish reasons, client address), never prompt or output text
 unless `audit_log_prompts = true`.
@@ -46,6 +49,7 @@ from typing import Any
 
 import yaml
 
+from serve.cluster.config import parse_cluster
 from serve.config import BreakerConfig, ModelConfig, ReplicaSpec, ServerConfig
 from serve.limits import LIMIT_NAMES, Limits
 from serve.tenancy.keys import KeySpec
@@ -89,7 +93,7 @@ def _mapping(where: str, value: Any) -> dict[str, Any]:
 
 
 def from_dict(data: dict[str, Any], overrides: dict[str, Any]) -> ServerConfig:
-    _check_keys("the config", data, {"server", "models", "keys", "limits"})
+    _check_keys("the config", data, {"server", "models", "keys", "limits", "cluster"})
     server = dict(_mapping("[server]", data.get("server") or {}))
     _check_keys("[server]", server, _SERVER_KEYS)
     server.update({k: v for k, v in overrides.items() if v is not None and k != "limits"})
@@ -110,8 +114,11 @@ def from_dict(data: dict[str, Any], overrides: dict[str, Any]) -> ServerConfig:
     if not models:
         raise ValueError("the config declares no models")
     keys = tuple(_key_spec(i, k) for i, k in enumerate(data.get("keys") or []))
+    cluster = None
+    if "cluster" in data:  # serve/cluster/config.py documents the table
+        cluster = parse_cluster(data["cluster"], {m.name for m in models})
     return ServerConfig(models=tuple(models), keys=keys, limits=_limits(data.get("limits") or {}, overrides),
-                        **server)
+                        cluster=cluster, **server)
 
 
 def _key_spec(i: int, k: Any) -> KeySpec:

@@ -25,6 +25,8 @@ HOW_TO_GET: dict[str, str] = {
     "kernels": "install a C++ compiler and ninja (`make install` builds the kernels; "
                "`python -m serve.kernels.cpu` says why they are off)",
     "model": "run `sluice models pull smollm2-135m-instruct` (make test does)",
+    "ray": "pip install -e '.[ray]' (make install does)",
+    "otel": "pip install -e '.[otel]' (make install does)",
 }
 
 
@@ -85,3 +87,23 @@ def vllm_missing(python: str | None = None) -> str | None:
         tail = (probe.stderr.strip().splitlines() or ["no output"])[-1]
         return f"{python} cannot import vllm ({tail})"
     return None
+
+
+def import_missing(*modules: str) -> str | None:
+    """Why one of `modules` cannot be imported, or None when all can."""
+    import importlib
+
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError as e:
+            return f"cannot import {name} ({e})"
+    return None
+
+
+def ray_missing() -> str | None:
+    return import_missing("ray", "ray.serve")
+
+
+def otel_missing() -> str | None:
+    return import_missing("opentelemetry.sdk.trace", "opentelemetry.exporter.otlp.proto.http.trace_exporter")

@@ -25,6 +25,8 @@ from serve.backends.base import BackendError
 from serve.config import ServerConfig
 from serve.router.router import Overloaded, Router
 from serve.sampling_params import ParamError
+from serve.telemetry import tracing
+from serve.telemetry.middleware import TracingMiddleware
 
 
 def create_app(config: ServerConfig, router: Router) -> FastAPI:
@@ -49,6 +51,8 @@ def create_app(config: ServerConfig, router: Router) -> FastAPI:
     app.state.sluice = state
     _install_errors(app, state)
     _install_auth(app, config)
+    if tracing.configure_from_env():  # added last: outermost, so auth refusals are traced too
+        app.add_middleware(TracingMiddleware)
     _routes(app, state)
     return app
 

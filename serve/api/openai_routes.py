@@ -30,6 +30,7 @@ from serve.backends.merge import merge
 from serve.limits import Limits
 from serve.router.replica import Replica
 from serve.sampling_params import SamplingParams
+from serve.telemetry.genai import traced
 
 
 def check_supported(req: _Common, info: ModelInfo, backend: str) -> None:
@@ -161,6 +162,7 @@ async def _respond(request: Request, state: AppState, req: _Common, model: str, 
     started = time.monotonic()
     events = metered(with_deadline(events, state.config.limits.request_timeout_s), state.metrics, model, started)
     events = observed(events, request, rid, req)
+    events = traced(events, req, model, rid)
     if not req.stream:
         choices, usage = await until_disconnect(request, _collect(events))
         return JSONResponse(fmt.response(choices, usage))

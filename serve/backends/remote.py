@@ -35,6 +35,7 @@ from serve.backends.base import (
 )
 from serve.config import ReplicaSpec
 from serve.sampling_params import SamplingParams
+from serve.telemetry import tracing
 
 
 @dataclass(frozen=True)
@@ -173,7 +174,8 @@ class RemoteBackend:
 
     async def _send(self, url: str, body: dict[str, Any], deadline: float) -> httpx.Response:
         """POST and wait for the status line by `deadline` (loop time); a non-200 is raised."""
-        request = self.client.build_request("POST", url, json=body)
+        # traceparent: the upstream's spans join this request's trace ({} when tracing is off)
+        request = self.client.build_request("POST", url, json=body, headers=tracing.headers())
         try:
             async with asyncio.timeout_at(deadline):
                 resp = await self.client.send(request, stream=True)

@@ -14,6 +14,7 @@ from serve.backends.base import BackendBusy, BackendTimeout, BackendUnavailable,
 from serve.config import ModelConfig
 from serve.router.policy import Policy, make_policy
 from serve.router.replica import Replica
+from serve.telemetry.genai import routed
 
 log = logging.getLogger("sluice.router")
 
@@ -126,6 +127,7 @@ class Router:
             while True:
                 replica = self._next(group, prefix_key, tried, last)
                 tried.add(replica.replica_id)
+                routed(replica.replica_id, replica.backend.name, group.name)
                 attempt = _Attempt(replica, replica.breaker.acquire())
                 events = self._attempt(attempt, make_request)
                 try:

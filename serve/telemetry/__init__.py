@@ -1,0 +1,1 @@
+"""OpenTelemetry traces: off unless configured by the standard OTEL_* variables."""

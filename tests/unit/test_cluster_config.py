@@ -1,0 +1,45 @@
+"""[cluster] parsing: defaults, per-model overrides, and loud errors for what cannot work."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from serve.cluster.config import ClusterConfig, ClusterModel, parse_cluster
+from serve.config_file import load_config
+
+BASE = '[[models]]\nname = "smol"\n[[models.replicas]]\nbackend = "llamacpp"\n'
+
+
+def test_without_cluster_the_server_stays_one_process(tmp_path: Path) -> None:
+    (tmp_path / "a.toml").write_text(BASE)
+    assert load_config(tmp_path / "a.toml").cluster is None
+
+
+def test_cluster_table(tmp_path: Path) -> None:
+    (tmp_path / "c.toml").write_text(BASE + '[cluster]\nengine = "ray"\naddress = "auto"\n'
+                                     '[cluster.models.smol]\nmin_replicas = 1\nmax_replicas = 3\nthreads = 2\n')
+    c = load_config(tmp_path / "c.toml").cluster
+    assert c is not None and c.address == "auto"
+    m = c.model("smol")
+    assert m.autoscaling and (m.min_replicas, m.max_replicas, m.threads) == (1, 3, 2)
+    assert c.model("other") == ClusterModel()  # unlisted models get the defaults
+
+
+@pytest.mark.parametrize("table, words", [
+    ({"engine": "k8s"}, "unknown cluster engine"),
+    ({"adress": "auto"}, "unknown key"),
+    ({"models": {"nope": {}}}, "not served"),
+    ({"models": {"smol": {"min_replicas": 1}}}, "both min_replicas and max_replicas"),
+    ({"models": {"smol": {"min_replicas": 3, "max_replicas": 2}}}, "min_replicas <= max_replicas"),
+    ({"models": {"smol": {"replicas": 0}}}, "replicas must be >= 1"),
+    ({"models": {"smol": {"gpus": 1}}}, "allows only"),
+])
+def test_bad_cluster_tables(table: dict, words: str) -> None:
+    with pytest.raises(ValueError, match=words):
+        parse_cluster(table, {"smol"})
+
+
+def test_defaults() -> None:
+    assert ClusterConfig().engine == "ray" and ClusterConfig().address is None
