@@ -25,6 +25,7 @@ HOW_TO_GET: dict[str, str] = {
     "kernels": "install a C++ compiler and ninja (`make install` builds the kernels; "
                "`python -m serve.kernels.cpu` says why they are off)",
     "model": "run `sluice models pull smollm2-135m-instruct` (make test does)",
+    "browser": "`apt-get install -y chromium` and `pip install -e .[dev]` (playwright; .ci/run does both)",
 }
 
 
@@ -85,3 +86,19 @@ def vllm_missing(python: str | None = None) -> str | None:
         tail = (probe.stderr.strip().splitlines() or ["no output"])[-1]
         return f"{python} cannot import vllm ({tail})"
     return None
+
+
+def browser_missing() -> str | None:
+    """Why the web UI tests cannot drive a browser: Playwright's Python API and Debian's chromium
+    (Playwright's own browser download needs the internet; we pass `executable_path`)."""
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return "the playwright package is not installed"
+    return None if chromium_path() else "no chromium executable on PATH"
+
+
+def chromium_path() -> str | None:
+    import shutil
+
+    return shutil.which("chromium") or shutil.which("chromium-browser")

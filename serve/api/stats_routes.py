@@ -59,7 +59,7 @@ def _model(state: AppState, g: ModelGroup) -> dict[str, Any]:
                            "running": running, "waiting": max(0, g.admitted - running),
                            "replicas": [_replica(r) for r in g.replicas]}
     if pool is not None:
-        out.update(pool.describe(g.name))
+        out.update(pool.model_info(g.name))
     else:
         out["state"] = "loaded" if any(r.up for r in g.replicas) else "unavailable"
     return out

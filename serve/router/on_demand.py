@@ -48,8 +48,9 @@ class _Slot:
     unload: asyncio.Task[None] | None = None
     loads: int = 0
     load_seconds: float | None = None
-    # Process RSS growth while it loaded: both local backends run in this process, so this is the
-    # nearest honest figure for "its memory" (weights + KV cache + buffers).
+    # The largest process RSS growth seen while it loaded: both local backends run in this process,
+    # so this is the nearest honest figure for "its memory" (weights + KV cache + buffers). The
+    # largest, because a reload can reuse pages the allocator kept from an earlier load and grow less.
     memory_bytes: int = 0
 
 
@@ -88,7 +89,7 @@ class ModelPool:
     def resident(self, name: str) -> bool:
         return self.slots[name].state is ModelState.LOADED
 
-    def describe(self, name: str) -> dict[str, object]:
+    def model_info(self, name: str) -> dict[str, object]:
         s, now = self.slots[name], self.clock()
         loaded = s.state is ModelState.LOADED
         return {"state": s.state.value, "requests": s.pinned, "loads": s.loads, "load_seconds": s.load_seconds,
@@ -123,7 +124,7 @@ class ModelPool:
             before = _rss()
             if not await self.router.start_group(group):
                 raise BackendUnavailable(f"no replica of model '{group.name}' could be started")
-            slot.memory_bytes = max(0, _rss() - before)
+            slot.memory_bytes = max(slot.memory_bytes, _rss() - before)
         except BaseException:
             slot.state = ModelState.UNLOADED
             await self.router.stop_group(group)
