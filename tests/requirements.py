@@ -27,6 +27,7 @@ HOW_TO_GET: dict[str, str] = {
     "model": "run `sluice models pull smollm2-135m-instruct` (make test does)",
     "ray": "pip install -e '.[ray]' (make install does)",
     "otel": "pip install -e '.[otel]' (make install does)",
+    "browser": "`apt-get install -y chromium` and `pip install -e .[dev]` (playwright; .ci/run does both)",
 }
 
 
@@ -107,3 +108,19 @@ def ray_missing() -> str | None:
 
 def otel_missing() -> str | None:
     return import_missing("opentelemetry.sdk.trace", "opentelemetry.exporter.otlp.proto.http.trace_exporter")
+
+
+def browser_missing() -> str | None:
+    """Why the web UI tests cannot drive a browser: Playwright's Python API and Debian's chromium
+    (Playwright's own browser download needs the internet; we pass `executable_path`)."""
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return "the playwright package is not installed"
+    return None if chromium_path() else "no chromium executable on PATH"
+
+
+def chromium_path() -> str | None:
+    import shutil
+
+    return shutil.which("chromium") or shutil.which("chromium-browser")

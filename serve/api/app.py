@@ -13,7 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from serve.api import openai_routes, openapi, tokenize_routes
+from serve.api import openai_routes, openapi, stats_routes, tokenize_routes
 from serve.api.auth import AuthMiddleware, Gate
 from serve.api.chat_template import ChatTemplateError
 from serve.api.errors import APIError
@@ -23,6 +23,7 @@ from serve.api.state import AppState, to_api_error
 from serve.api.tenancy import visible_models
 from serve.backends.base import BackendError
 from serve.config import ServerConfig
+from serve.router.on_demand import ModelPool
 from serve.router.router import Overloaded, Router
 from serve.sampling_params import ParamError
 from serve.telemetry import tracing
@@ -33,18 +34,24 @@ def create_app(config: ServerConfig, router: Router) -> FastAPI:
     metrics = Metrics(stats_source=lambda: _engine_stats(router))
     router.observer = metrics
     state = AppState(config=config, router=router, metrics=metrics)
+    if config.on_demand is not None:
+        router.on_demand = ModelPool(router, config.on_demand)
+        metrics.registry.register(router.on_demand)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await router.start()
         state.ready = True
-        health = asyncio.create_task(router.health_loop(config.health_interval_s))
+        tasks = [asyncio.create_task(router.health_loop(config.health_interval_s))]
+        if router.on_demand is not None:
+            tasks.append(asyncio.create_task(router.on_demand.idle_loop()))
         try:
             yield
         finally:
-            health.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await health
+            for task in tasks:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await router.stop()
 
     app = FastAPI(title="Sluice", version="0.1.0", lifespan=lifespan)
@@ -54,6 +61,12 @@ def create_app(config: ServerConfig, router: Router) -> FastAPI:
     if tracing.configure_from_env():  # added last: outermost, so auth refusals are traced too
         app.add_middleware(TracingMiddleware)
     _routes(app, state)
+    app.state.sluice_counter_history = stats_routes.CounterHistory(metrics.live.window_s)
+    app.get("/v1/stats")(stats_routes.stats)
+    if config.ui:
+        from serve import ui
+
+        ui.install(app)
     return app
 
 
@@ -63,6 +76,8 @@ def _model_card(state: AppState, name: str, created: int) -> dict:
     healthy = [r for r in group.replicas if r.up]
     if healthy:  # vLLM reports it here too; the remote backend reads it to check context up front
         card["max_model_len"] = min(r.backend.info.max_model_len for r in healthy)
+    pool = state.router.on_demand  # "loaded" | "loading" | "unloaded" (models on demand)
+    card["status"] = pool.state(group.name).value if pool else "loaded" if healthy else "unavailable"
     return card
 
 
@@ -120,6 +135,11 @@ def _routes(app: FastAPI, state: AppState) -> None:
     @app.get("/health")
     async def health() -> Response:
         healthy = [r for r in state.router.all_replicas() if r.up]
+        pool = state.router.on_demand
+        if pool is not None and state.ready:  # up with nothing loaded: a model loads at its first request
+            models = {name: pool.state(name).value for name in state.router.groups}
+            return JSONResponse({"status": "ok", "replicas_healthy": len(healthy), "models": models,
+                                 "loading": [n for n, s in models.items() if s == "loading"]})
         if not state.ready or not healthy:
             status = "loading" if not state.ready else "unhealthy"
             return JSONResponse({"status": status}, status_code=503, headers={"Retry-After": "1"})

@@ -27,6 +27,10 @@ DOCS = frozenset({"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
 
 def open_paths(config: ServerConfig) -> frozenset[str]:
     paths = {HEALTH}
+    if config.ui:  # static files only; every API call the page makes carries the key (serve/ui)
+        from serve.ui import PATHS as UI_PATHS
+
+        paths |= UI_PATHS
     if config.public_metrics:
         paths.add(METRICS)
     if config.public_docs:

@@ -23,9 +23,12 @@ async def metered(events: AsyncIterator[StreamEvent], metrics: Metrics, model: s
                 if first is None:
                     first = now
                     metrics.ttft.labels(model).observe(now - started)
+                    metrics.live.first_token(now - started)
                 else:
                     metrics.itl.labels(model).observe(now - last)
+                    metrics.live.gap(now - last)
                 last = now
+                metrics.live.output(len(ev.token_ids) or 1)  # a backend without ids: one per chunk
             if isinstance(ev, Delta) and ev.finish_reason:
                 finish[ev.index] = ev.finish_reason
             if isinstance(ev, Usage):

@@ -7,6 +7,8 @@ from collections.abc import Callable, Iterable
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from serve.api.live_stats import LiveStats
+
 _LAT = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0)
 _ITL = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.5)
 
@@ -58,6 +60,7 @@ class _EngineCollector:
 class Metrics:
     def __init__(self, stats_source: Callable[[], Iterable[tuple[str, str, dict]]] | None = None) -> None:
         r = self.registry = CollectorRegistry()
+        self.live = LiveStats()  # the dashboard's recent window (GET /v1/stats)
         m = ["model"]
         self.running = Gauge("sluice:num_requests_running", "requests generating", m, registry=r)
         self.waiting = Gauge("sluice:num_requests_waiting", "requests admitted, not yet generating", m, registry=r)

@@ -141,6 +141,11 @@ class LlamaCppEngine:
             self._stop = True
             self._cv.notify()
         self._thread.join(timeout=10)
+        if not self._thread.is_alive():
+            # Free llama.cpp's memory now rather than at garbage collection: an unloaded model
+            # (models on demand) must give its weights and KV cache back before the next one loads.
+            for part in (self.batch, self.ctx, self.model):
+                part.close()
 
     def grammar_factory(self) -> GrammarFactory:
         """Built on first use (about a second for a 49k vocabulary), then shared by every request."""

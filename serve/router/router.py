@@ -8,13 +8,16 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from serve.backends.base import BackendBusy, BackendTimeout, BackendUnavailable, GenerateRequest, StreamEvent
 from serve.config import ModelConfig
 from serve.router.policy import Policy, make_policy
 from serve.router.replica import Replica
 from serve.telemetry.genai import routed
+
+if TYPE_CHECKING:
+    from serve.router.on_demand import ModelPool
 
 log = logging.getLogger("sluice.router")
 
@@ -83,6 +86,7 @@ class RouterObserver(Protocol):
 class Router:
     def __init__(self, groups: list[ModelGroup], observer: RouterObserver | None = None) -> None:
         self.observer = observer
+        self.on_demand: ModelPool | None = None  # set: models load at first request (on_demand.py)
         self.groups = {g.name: g for g in groups}
         self._names: dict[str, ModelGroup] = {}
         for g in groups:
@@ -121,7 +125,11 @@ class Router:
             raise Overloaded(f"model '{group.name}' has {group.admitted} requests in flight "
                              f"(limit {group.config.max_outstanding}); retry later")
         group.admitted += 1
+        pinned = False
         try:
+            if self.on_demand is not None:  # loads the model if needed; pinned: never unloaded under us
+                await self.on_demand.acquire(group)
+                pinned = True
             tried: set[str] = set()
             last: BackendUnavailable | None = None
             while True:
@@ -144,6 +152,8 @@ class Router:
                     await events.aclose()  # type: ignore[attr-defined] - settles it if the client left
         finally:
             group.admitted -= 1
+            if pinned and self.on_demand is not None:
+                self.on_demand.release(group)
 
     def _next(self, group: ModelGroup, prefix_key: str, tried: set[str],
               last: BackendUnavailable | None) -> Replica:
@@ -196,7 +206,10 @@ class Router:
 
     async def start(self) -> None:
         """Start every replica concurrently. One that fails stays down (the others serve); if every
-        replica fails to start, raise: a server that can serve nothing should not come up."""
+        replica fails to start, raise: a server that can serve nothing should not come up.
+        With models on demand nothing starts here: each model starts at its first request."""
+        if self.on_demand is not None:
+            return
         results = await asyncio.gather(*(self._start_one(r) for r in self.all_replicas()))
         if results and not any(results):
             raise RuntimeError("no replica could be started; see the errors above")
@@ -211,11 +224,22 @@ class Router:
         await self._check_one(replica)
         return True
 
+    async def start_group(self, group: ModelGroup) -> bool:
+        """Start one model's replicas (models on demand); True when at least one serves."""
+        return any(await asyncio.gather(*(self._start_one(r) for r in group.replicas)))
+
+    async def stop_group(self, group: ModelGroup) -> None:
+        for r in group.replicas:
+            r.mark_down()
+        await asyncio.gather(*(r.backend.stop() for r in group.replicas), return_exceptions=True)
+
     async def stop(self) -> None:
         await asyncio.gather(*(r.backend.stop() for r in self.all_replicas()), return_exceptions=True)
 
     async def check_health(self) -> None:
-        await asyncio.gather(*(self._check_one(r) for r in self.all_replicas()))
+        # An unloaded model's replicas are down by design: probing them would only log noise.
+        live = [r for r in self.all_replicas() if self.on_demand is None or self.on_demand.resident(r.model)]
+        await asyncio.gather(*(self._check_one(r) for r in live))
 
     async def _check_one(self, replica: Replica) -> None:
         try:

@@ -42,7 +42,7 @@ def test_unknown_component_is_an_error_not_a_silent_skip() -> None:
 def test_message_names_the_component_and_how_to_get_it() -> None:
     text = message("vllm", "no vLLM venv")
     assert text.startswith("vllm missing: no vLLM venv") and "make vllm-env" in text
-    assert set(HOW_TO_GET) == {"vllm", "kernels", "model"}
+    assert set(HOW_TO_GET) == {"vllm", "kernels", "model", "browser", "ray", "otel"}
 
 
 def _run_vllm_test(**env: str) -> subprocess.CompletedProcess[str]:
