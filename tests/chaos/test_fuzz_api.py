@@ -54,7 +54,8 @@ def _structural(case: schemathesis.Case) -> schemathesis.Case:
 
 
 OPERATIONS = [("/v1/chat/completions", "POST"), ("/v1/completions", "POST"), ("/tokenize", "POST"),
-              ("/detokenize", "POST"), ("/v1/models", "GET"), ("/health", "GET"), ("/metrics", "GET")]
+              ("/detokenize", "POST"), ("/v1/models", "GET"), ("/health", "GET"), ("/metrics", "GET"),
+              ("/v1/stats", "GET")]
 
 
 def test_every_operation_is_fuzzed(api_schema: schemathesis.BaseSchema) -> None:
