@@ -360,3 +360,50 @@ def test_state_info_and_metrics() -> None:
         assert samples[("sluice:model_loads_total", ("a",))] == 1.0
 
     run(main)
+
+
+class TokenizingBackend(FakeBackend):
+    """A fake with a toy tokenizer (one id per character) that only works while started."""
+
+    async def tokenize(self, text: str, add_special: bool = True, parse_special: bool = True) -> list[int]:
+        if not self.running:
+            raise BackendUnavailable(f"{self.label} is not running")
+        return [ord(c) for c in text]
+
+    async def detokenize(self, token_ids: list[int]) -> str:
+        if not self.running:
+            raise BackendUnavailable(f"{self.label} is not running")
+        return "".join(map(chr, token_ids))
+
+    @property
+    def info(self) -> ModelInfo:
+        return ModelInfo(max_model_len=128, vocab_size=256)
+
+
+def test_tokenize_and_detokenize_load_an_unloaded_model() -> None:
+    from fastapi.testclient import TestClient
+
+    from serve.api.app import create_app
+    from serve.config import ServerConfig
+
+    backends = {n: TokenizingBackend(n) for n in ("a", "b")}
+    configs = tuple(ModelConfig(name=n, replicas=(ReplicaSpec(),)) for n in backends)
+    router = Router.from_replicas(list(configs), {n: [Replica(n, f"{n}/0:fake", b)]  # type: ignore[arg-type]
+                                                  for n, b in backends.items()})
+    config = ServerConfig(models=configs, ui=False, health_interval_s=3600, on_demand=OnDemandConfig(max_loaded=1))
+    with TestClient(create_app(config, router)) as client:
+        pool = router.on_demand
+        assert pool is not None and states(pool) == {"a": "unloaded", "b": "unloaded"}
+        r = client.post("/tokenize", json={"model": "a", "prompt": "hi"})
+        assert r.status_code == 200, r.text
+        assert r.json()["tokens"] == [104, 105] and states(pool) == {"a": "loaded", "b": "unloaded"}
+        r = client.post("/detokenize", json={"model": "b", "tokens": [111, 107]})
+        assert r.status_code == 200 and r.json()["prompt"] == "ok", r.text
+        assert states(pool) == {"a": "unloaded", "b": "loaded"}  # --models-max 1: a made way
+        assert pool.slots["a"].pinned == pool.slots["b"].pinned == 0  # released after the answer
+        assert client.post("/tokenize", json={"model": "a"}).status_code == 400  # checked before any load
+        assert states(pool)["a"] == "unloaded"
+        backends["a"].fail_starts = 1
+        r = client.post("/tokenize", json={"model": "a", "prompt": "x"})
+        assert r.status_code == 503 and "model 'a' could be started" in r.text
+        assert pool.slots["a"].pinned == 0
