@@ -5,8 +5,10 @@ Invariants:
 - a request pins its model (`acquire`) from admission until its stream ends; a pinned model is never
   unloaded, so nothing is unloaded in the middle of a request;
 - concurrent first requests share one load (one task per model), each bounded by `load_timeout_s`;
-- `max_loaded` counts loading models too, so two cold models cannot both load past the cap; a load that
-  finds every resident model pinned waits for one to be released.
+- `max_loaded` counts the models that hold a place: loaded, loading past `_make_room`, and unloaded but
+  still stopping (their memory is not free yet), so two cold models cannot both load past the cap; a load
+  that finds every resident model pinned waits for a place to free up. A load still waiting for a place
+  holds none, so loads waiting for each other cannot deadlock.
 """
 
 from __future__ import annotations
@@ -45,7 +47,8 @@ class _Slot:
     last_used: float = 0.0
     loaded_at: float = 0.0
     load: asyncio.Task[None] | None = None
-    unload: asyncio.Task[None] | None = None
+    unload: asyncio.Future[None] | None = None
+    room: bool = False  # holds a place under max_loaded: from the end of _make_room until unloaded
     loads: int = 0
     load_seconds: float | None = None
     # The largest process RSS growth seen while it loaded: both local backends run in this process,
@@ -62,7 +65,7 @@ class ModelPool:
     def __init__(self, router: Router, config: OnDemandConfig, clock: Callable[[], float] = time.monotonic) -> None:
         self.router, self.config, self.clock = router, config, clock
         self.slots = {name: _Slot() for name in router.groups}
-        self._released = asyncio.Event()
+        self._room_freed = asyncio.Event()  # set whenever a place under max_loaded may have come free
 
     # ---- what the router calls around every request -----------------------------------------------
     async def acquire(self, group: ModelGroup) -> None:
@@ -80,7 +83,7 @@ class ModelPool:
         slot = self.slots[group.name]
         slot.pinned -= 1
         slot.last_used = self.clock()
-        self._released.set()
+        self._room_freed.set()
 
     # ---- state, for /health, /v1/models, /v1/stats, metrics ---------------------------------------
     def state(self, name: str) -> ModelState:
@@ -117,17 +120,24 @@ class ModelPool:
     async def _load(self, group: ModelGroup, slot: _Slot) -> None:
         slot.state = ModelState.LOADING
         t0 = self.clock()
+        # The deadline bounds real waits (asyncio's clock), whatever clock the bookkeeping reads.
+        deadline = asyncio.get_running_loop().time() + self.config.load_timeout_s
         try:
             if slot.unload is not None:
                 await slot.unload  # its backends must finish stopping before they start again
-            await self._make_room(group.name, t0 + self.config.load_timeout_s)
+            await self._make_room(group.name, deadline)
+            slot.room = True  # no await since _make_room's last check: nobody else took the place
             before = _rss()
             if not await self.router.start_group(group):
                 raise BackendUnavailable(f"no replica of model '{group.name}' could be started")
             slot.memory_bytes = max(slot.memory_bytes, _rss() - before)
         except BaseException:
             slot.state = ModelState.UNLOADED
-            await self.router.stop_group(group)
+            try:
+                await self.router.stop_group(group)
+            finally:
+                slot.room = False
+                self._room_freed.set()
             raise
         finally:
             slot.load = None
@@ -139,21 +149,21 @@ class ModelPool:
 
     async def _make_room(self, name: str, deadline: float) -> None:
         """Unload least-recently-used idle models until `name` fits under max_loaded."""
-        cap = self.config.max_loaded
+        cap, loop = self.config.max_loaded, asyncio.get_running_loop()
         while cap:
-            others = [n for n, s in self.slots.items() if n != name and s.state is not ModelState.UNLOADED]
+            others = [n for n, s in self.slots.items() if n != name and (s.room or s.unload is not None)]
             if len(others) < cap:
                 return
             idle = [n for n in others if self.slots[n].state is ModelState.LOADED and not self.slots[n].pinned]
             if idle:
                 await self.unload(min(idle, key=lambda n: self.slots[n].last_used))
                 continue
-            self._released.clear()  # no await since the check above: a release cannot slip between
-            remaining = deadline - self.clock()
+            self._room_freed.clear()  # no await since the check above: a freed place cannot slip between
+            remaining = deadline - loop.time()
             if remaining <= 0:
                 raise BackendUnavailable(f"model '{name}' is waiting for room: {cap} model(s) loaded, all busy")
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._released.wait(), remaining)
+                await asyncio.wait_for(self._room_freed.wait(), remaining)
 
     async def unload(self, name: str) -> None:
         slot = self.slots[name]
@@ -164,10 +174,12 @@ class ModelPool:
         slot.state = ModelState.UNLOADED
         group = self.router.groups[name]
         slot.unload = asyncio.ensure_future(self.router.stop_group(group))
+        slot.room = False  # the place stays taken through `slot.unload` until the backends have stopped
         try:
             await slot.unload
         finally:
             slot.unload = None
+            self._room_freed.set()
         log.info("model %s unloaded", name)
 
     async def idle_loop(self) -> None:

@@ -4,6 +4,7 @@ first token on another replica, and health tracking. Talks only to the Backend p
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -154,6 +155,19 @@ class Router:
             group.admitted -= 1
             if pinned and self.on_demand is not None:
                 self.on_demand.release(group)
+
+    @contextlib.asynccontextmanager
+    async def pinned(self, group: ModelGroup) -> AsyncIterator[None]:
+        """Keep `group`'s model loaded for a request that does not go through `stream` (/tokenize,
+        /detokenize): with models on demand it loads the model if needed, as a generation would."""
+        if self.on_demand is None:
+            yield
+            return
+        await self.on_demand.acquire(group)
+        try:
+            yield
+        finally:
+            self.on_demand.release(group)
 
     def _next(self, group: ModelGroup, prefix_key: str, tried: set[str],
               last: BackendUnavailable | None) -> Replica:
