@@ -28,10 +28,11 @@ import torch.nn.functional as F
 
 from serve.worker.forward_context import ForwardContext
 
-# Short multi-row queries on a cached prefix (speculative verify rows: k + 1 of them) go through the
-# decode kernel one row at a time, so each row computes exactly what plain decode computes at that
-# position: greedy speculation then equals plain decoding token for token. Longer ones (a prefill
-# chunk after a cache hit) stay on SDPA, whose matmuls win there.
+# Speculative verify rows (k + 1 queries on a cached prefix) go through the decode kernel one row at
+# a time, so each row computes exactly what plain decode computes at that position: greedy
+# speculation then equals plain decoding token for token. Other multi-row queries (a prompt's tail
+# after a prefix-cache hit) stay on SDPA, as a fresh prefill's do, which keeps a hit's first token
+# equal to a miss's as far as SDPA's own batching allows.
 MAX_KERNEL_ROWS = 16
 
 
@@ -39,6 +40,7 @@ MAX_KERNEL_ROWS = 16
 class _Group:
     rows: torch.Tensor | None  # [G * q_len] packed-token rows of the members; None: all rows, in order
     q_len: int
+    verify: bool  # the members' rows verify speculative drafts
     num_seqs: int
     max_len: int
     slots: torch.Tensor  # [G * max_len] int64 cache slots to gather (padding points at slot 0)
@@ -97,16 +99,17 @@ class TorchSDPABackend:
         self._decode_kernel = _cpu_decode_kernel(device)
 
     def prepare(self, ctx: ForwardContext) -> SDPAMetadata:
-        by_qlen: dict[int, list[int]] = {}
+        by_qlen: dict[tuple[int, bool], list[int]] = {}
         fresh: list[tuple[int, int]] = []
         starts, ctx_lens = ctx.query_start, ctx.context_lens
+        verify = ctx.verify or [False] * ctx.num_seqs
         for i, (q, s) in enumerate(zip(ctx.query_lens, ctx.start_pos, strict=True)):
             if s == 0:
                 fresh.append((starts[i], q))
             else:
-                by_qlen.setdefault(q, []).append(i)
-        groups = [self._group(ctx, members, q, starts, ctx_lens)
-                  for q, all_members in by_qlen.items() for members in _split_by_length(all_members, ctx_lens)]
+                by_qlen.setdefault((q, q > 1 and verify[i]), []).append(i)
+        groups = [self._group(ctx, members, q, starts, ctx_lens, v)
+                  for (q, v), all_members in by_qlen.items() for members in _split_by_length(all_members, ctx_lens)]
         if len(groups) == 1 and not fresh and groups[0].num_seqs == ctx.num_seqs:
             rows = groups[0].rows
             if rows is not None and torch.equal(rows, torch.arange(rows.numel(), device=rows.device)):
@@ -114,7 +117,7 @@ class TorchSDPABackend:
         return SDPAMetadata(ctx.slot_mapping, fresh, groups)
 
     def _group(self, ctx: ForwardContext, members: list[int], q_len: int, starts: list[int],
-               ctx_lens: list[int]) -> _Group:
+               ctx_lens: list[int], verify: bool = False) -> _Group:
         bs, dev = ctx.block_size, self.device
         lens = [ctx_lens[m] for m in members]
         max_len = max(lens)
@@ -131,7 +134,7 @@ class TorchSDPABackend:
         needs_mask = q_len > 1 or min(lens) != max_len
         slots = torch.where(key_pos.unsqueeze(0) < lens_t.unsqueeze(1), slots, 0)
         rows = torch.tensor([starts[m] + j for m in members for j in range(q_len)], dtype=torch.int64, device=dev)
-        return _Group(rows, q_len, len(members), max_len, slots.reshape(-1).contiguous(),
+        return _Group(rows, q_len, verify, len(members), max_len, slots.reshape(-1).contiguous(),
                       mask if needs_mask else None, table, lens_t)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,
@@ -162,7 +165,8 @@ class TorchSDPABackend:
         return out
 
     def _kernel_takes(self, grp: _Group, q: torch.Tensor, k_cache: torch.Tensor) -> bool:
-        return (self._decode_kernel is not None and grp.q_len <= MAX_KERNEL_ROWS and q.dtype == k_cache.dtype
+        return (self._decode_kernel is not None and (grp.q_len == 1 or (grp.verify and grp.q_len <= MAX_KERNEL_ROWS))
+                and q.dtype == k_cache.dtype
                 and q.dtype in (torch.float32, torch.bfloat16))
 
     def _attend_cached(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, k_flat: torch.Tensor,

@@ -23,6 +23,9 @@ class ForwardContext:
     block_tables: list[list[int]]  # per sequence, physical block ids covering [0, context_len)
     block_size: int
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    # Per sequence: its rows verify speculative drafts (every row is sampled, each must match what plain
+    # decode computes at that position). Empty: none does.
+    verify: list[bool] = field(default_factory=list)
     # Filled by the attention backend's `prepare` once per step and read by every layer.
     attn_metadata: Any = None
 
@@ -49,7 +52,7 @@ def slots_for(block_table: list[int], start: int, end: int, block_size: int) -> 
 
 
 def build_context(query_lens: list[int], start_pos: list[int], block_tables: list[list[int]],
-                  block_size: int, device: torch.device) -> ForwardContext:
+                  block_size: int, device: torch.device, verify: list[bool] | None = None) -> ForwardContext:
     """Positions and slot mapping for a packed batch, validated against the block tables."""
     positions: list[int] = []
     slots: list[int] = []
@@ -63,4 +66,4 @@ def build_context(query_lens: list[int], start_pos: list[int], block_tables: lis
         positions=torch.tensor(positions, dtype=torch.int64, device=device),
         slot_mapping=torch.tensor(slots, dtype=torch.int64, device=device),
         query_lens=list(query_lens), start_pos=list(start_pos), block_tables=[list(t) for t in block_tables],
-        block_size=block_size, device=device)
+        block_size=block_size, device=device, verify=list(verify or []))

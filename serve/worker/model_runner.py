@@ -100,7 +100,8 @@ class ModelRunner:
             return RunnerOutput(sampled={})
         self._validate(seqs)
         ctx = build_context([len(s.token_ids) for s in seqs], [s.start_pos for s in seqs],
-                            [s.block_table for s in seqs], self.block_size, self.device)
+                            [s.block_table for s in seqs], self.block_size, self.device,
+                            verify=[s.num_logits > 1 for s in seqs])
         input_ids = torch.tensor([t for s in seqs for t in s.token_ids], dtype=torch.int64, device=self.device)
         rows, sample_rows = self._logit_rows(seqs)
         fill = batch.fill_masks

@@ -2,8 +2,9 @@
 activations, float32 elsewhere), not float32 reference weights.
 
 - Greedy: speculation (n-gram and the self-draft) equals plain decoding token for token, alone and
-  in a mixed batch, including prefix-cache hits. Verify rows (k + 1 queries) run the decode kernel one
-  row at a time, so each computes exactly what a plain decode step computes at that position.
+  in a mixed batch, including prefix-cache hits. Verify rows (k + 1 queries, marked as such in the
+  forward context) run the decode kernel one row at a time, so each computes exactly what a plain
+  decode step computes at that position.
 - Sampled: the joint distribution of the first two output tokens under speculation (the second one
   goes through the rejection sampler) matches the target's own distribution (chi-square).
 """
@@ -51,9 +52,9 @@ def prompts(runner: Any) -> list[list[int]]:
 def plain(runner: Any, prompts: list[list[int]]) -> tuple[list[list[int]], list[list[int]]]:
     """Plain greedy outputs: fresh, then with the prompts' full blocks served by the prefix cache.
 
-    They may differ: on a hit the prompt's tail is recomputed through the decode kernel, on a miss
-    through SDPA with the rest of the prompt, and with int8 activations that can flip a near-tie.
-    So speculation is compared like with like: fresh with fresh, hit with hit."""
+    They may differ: on a hit only the prompt's tail is recomputed (a smaller SDPA call than the
+    miss's whole-prompt one), and with int8 activations that can flip a near-tie. So speculation is
+    compared like with like: fresh with fresh, hit with hit."""
     engine = LLMEngine(runner)
     return run(engine, prompts, [GREEDY] * len(prompts)), run(engine, prompts, [GREEDY] * len(prompts))
 
