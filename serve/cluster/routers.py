@@ -54,6 +54,8 @@ class RoundRobinRouter(FIFOMixin, RequestRouter):
             return []
         # Sorted by id so the rotation is stable while the set of replicas is.
         ordered = sorted(candidate_replicas, key=lambda r: r.replica_id.unique_id)
+        if not _key(pending_request):  # not a generation (model_info, tokenize...): it takes no turn
+            return [ordered]
         start = next(self._turn) % len(ordered)
         return [[r] for r in ordered[start:] + ordered[:start]]
 
