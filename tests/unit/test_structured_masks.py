@@ -73,3 +73,16 @@ def test_rows_follow_the_batch_and_verify_rows_walk_the_drafts() -> None:
 
 def test_no_constrained_sequence_means_no_filler() -> None:
     assert mask_filler([seq("x", [1], 1)], {"x": request("x", None)}) is None
+
+
+def test_the_fast_cpu_mask_path_equals_unpacking_the_bits() -> None:
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(5, 96, generator=g)
+    bitmask = torch.randint(-2**31, 2**31 - 1, (5, 3), dtype=torch.int32, generator=g)
+    fast = logits.clone()
+    apply_bitmask_torch(fast, bitmask)  # contiguous CPU: llguidance's loop
+    bits = ((bitmask.unsqueeze(-1) >> torch.arange(32, dtype=torch.int32)) & 1).bool().view(5, -1)
+    assert torch.equal(fast, logits.masked_fill(~bits, float("-inf")))
+    slow = logits.t().contiguous().t()  # non-contiguous: the tensor-ops path
+    apply_bitmask_torch(slow, bitmask)
+    assert torch.equal(slow, fast)
