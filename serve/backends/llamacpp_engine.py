@@ -23,6 +23,7 @@ import numpy as np
 
 from serve.backends.llamacpp_loader import load_llama_cpp
 from serve.backends.llamacpp_spec import PromptLookupConfig, SpecState
+from serve.backends.llamacpp_vocab import common_prefix, cores, special_ids, token_piece
 from serve.backends.np_sampler import RowSampler
 from serve.backends.text_stream import TextStream
 from serve.sampling_params import SamplingParams
@@ -101,15 +102,15 @@ class LlamaCppEngine:
         cparams.n_batch = cparams.n_ubatch = opts.n_batch
         cparams.n_seq_max = opts.n_parallel
         cparams.kv_unified = False  # each slot attends only over its own cells
-        threads = opts.n_threads or _cores()
+        threads = opts.n_threads or cores()
         cparams.n_threads = cparams.n_threads_batch = threads
         self.ctx = _internals.LlamaContext(model=self.model, params=cparams, verbose=False)
         self.batch = _internals.LlamaBatch(n_tokens=opts.n_batch, embd=0, n_seq_max=1, verbose=False)
         self.n_vocab = self.model.n_vocab()
         self.eog = {t for t in range(self.n_vocab) if llama_cpp.llama_vocab_is_eog(self.model.vocab, t)}
         # Token bytes, looked up once: plain pieces for output text, special ones for logprob labels.
-        self.pieces = [_piece(self.model.vocab, t, False) for t in range(self.n_vocab)]
-        self.special_pieces = [_piece(self.model.vocab, t, True) for t in range(self.n_vocab)]
+        self.pieces = [token_piece(llama_cpp, self.model.vocab, t, False) for t in range(self.n_vocab)]
+        self.special_pieces = [token_piece(llama_cpp, self.model.vocab, t, True) for t in range(self.n_vocab)]
         self._grammars: GrammarFactory | None = None
         self._grammars_lock = threading.Lock()
         self._mask: np.ndarray | None = None  # one bitmask row, reused: only the loop thread samples
@@ -160,14 +161,7 @@ class LlamaCppEngine:
 
     def special_ids(self) -> set[int]:
         """Control tokens, and user-defined ones spelled like `<...>`: never grammar text."""
-        out = set()
-        for t in range(self.n_vocab):
-            attr = llama_cpp.llama_vocab_get_attr(self.model.vocab, t)
-            piece = self.special_pieces[t]
-            if attr & llama_cpp.LLAMA_TOKEN_ATTR_CONTROL or (
-                    attr & llama_cpp.LLAMA_TOKEN_ATTR_USER_DEFINED and piece.startswith(b"<") and piece.endswith(b">")):
-                out.add(t)
-        return out
+        return special_ids(llama_cpp, self.model.vocab, self.special_pieces)
 
     def stats(self) -> dict[str, float]:
         return {"num_requests_running": len(self.running), "num_requests_waiting": len(self.waiting),
@@ -218,7 +212,7 @@ class LlamaCppEngine:
         """Cached prompt tokens the job may reuse in `slot`: none across tenants (a cache salt)."""
         if self.slot_salt[slot] != job.cache_salt:
             return 0
-        return _common_prefix(self.slot_tokens[slot], job.prompt)
+        return common_prefix(self.slot_tokens[slot], job.prompt)
 
     def _place(self, job: Job, slot: int) -> None:
         common = min(self._reusable(slot, job), len(job.prompt) - 1)  # recompute at least one token for logits
@@ -385,25 +379,3 @@ class LlamaCppEngine:
     def token_text(self, token: int) -> str:
         return self.special_pieces[token].decode("utf-8", errors="replace")
 
-
-def _piece(vocab: object, token: int, special: bool) -> bytes:
-    buf = ctypes.create_string_buffer(64)
-    n = llama_cpp.llama_token_to_piece(vocab, token, buf, len(buf), 0, special)
-    if n < 0:  # buffer too small: -n is the size needed
-        buf = ctypes.create_string_buffer(-n)
-        n = llama_cpp.llama_token_to_piece(vocab, token, buf, len(buf), 0, special)
-    return buf.raw[:n]
-
-
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
-
-
-def _cores() -> int:
-    import os
-
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
