@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from typing import Literal
 
+import jsonschema
 import openai
 import pytest
 from pydantic import BaseModel, Field
@@ -21,6 +22,9 @@ TIME = {"type": "function", "function": {"name": "get_time", "parameters": {
     "type": "object", "properties": {"zone": {"type": "string", "maxLength": 10}}, "required": ["zone"],
     "additionalProperties": False}}}
 ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
+PERSON = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 20}}, "required": ["name"],
+          "additionalProperties": False}
+PERSON_FORMAT = {"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON}}
 
 
 class City(BaseModel):
@@ -117,3 +121,30 @@ def test_auto_answers_text_or_a_call(client: openai.OpenAI, model: str) -> None:
         assert c.finish_reason == "tool_calls" and json.loads(c.message.tool_calls[0].function.arguments)
     else:
         assert c.message.content and not c.message.content.startswith("<tool_call>")
+
+
+@pytest.mark.parametrize(("extra", "field"), [
+    ({"tool_choice": "required", "response_format": PERSON_FORMAT}, "response_format"),
+    ({"tool_choice": {"type": "function", "function": {"name": "get_weather"}}, "response_format": PERSON_FORMAT},
+     "response_format"),
+    ({"tool_choice": "auto", "response_format": PERSON_FORMAT}, "response_format"),
+    ({"tool_choice": "required", "extra_body": {"structured_outputs": {"json": PERSON}}}, "structured_outputs"),
+])
+def test_tools_that_may_call_and_an_output_format_are_a_400_naming_the_field(
+        client: openai.OpenAI, model: str, extra: dict, field: str) -> None:
+    """Tool calls are a constraint of their own (the call grammar): a second one is refused before any
+    decoding, also under "auto", where the model could answer either way."""
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model=model, messages=ASK, tools=[WEATHER, TIME],  # type: ignore[list-item]
+                                       max_tokens=20, **extra)
+    body = e.value.body
+    assert body["param"] == field and "one output constraint" in body["message"], body  # type: ignore[index]
+
+
+def test_tool_choice_none_with_a_response_format_answers_in_the_format(client: openai.OpenAI, model: str) -> None:
+    done = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "Name a person."}],
+                                          tools=[WEATHER], tool_choice="none",  # type: ignore[list-item]
+                                          response_format=PERSON_FORMAT, temperature=0, max_tokens=60)  # type: ignore[arg-type]
+    c = done.choices[0]
+    assert not c.message.tool_calls and c.finish_reason == "stop"  # the schema's bounds end it well before 60
+    jsonschema.validate(json.loads(c.message.content or ""), PERSON)

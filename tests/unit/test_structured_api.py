@@ -30,6 +30,8 @@ WEATHER = {"type": "function", "function": {"name": "get_weather", "description"
                                              "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
                                                             "required": ["city"]}}}
 TIME = {"type": "function", "function": {"name": "get_time"}}
+PERSON = {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}
+PERSON_FORMAT = {"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON}}
 
 
 def chat(**kw: Any) -> ChatCompletionRequest:
@@ -65,6 +67,15 @@ def test_each_field_becomes_one_spec_in_sampling_params(kw: dict[str, Any], kind
     ({"structured_outputs": {}}, "structured_outputs"),
     ({"structured_outputs": {"regex": "a"}, "response_format": {"type": "json_object"}}, "structured_outputs"),
     ({"tools": [WEATHER], "response_format": {"type": "json_object"}}, "response_format"),
+    # tools that will (required, named) or may (auto) call, plus a response format: two constraints
+    ({"tools": [WEATHER], "tool_choice": "required", "response_format": PERSON_FORMAT}, "response_format"),
+    ({"tools": [WEATHER, TIME], "tool_choice": {"type": "function", "function": {"name": "get_time"}},
+      "response_format": PERSON_FORMAT}, "response_format"),
+    ({"tools": [WEATHER], "tool_choice": "auto", "response_format": PERSON_FORMAT}, "response_format"),
+    ({"tools": [WEATHER], "tool_choice": "required", "structured_outputs": {"json": {"type": "object"}}},
+     "structured_outputs"),
+    ({"tools": [WEATHER], "tool_choice": {"type": "function", "function": {"name": "get_weather"}},
+      "structured_outputs": {"regex": "[a-z]+"}}, "structured_outputs"),
     ({"tool_choice": "required"}, "tool_choice"),
     ({"tools": [WEATHER], "tool_choice": {"type": "function", "function": {"name": "nope"}}}, "tool_choice"),
     ({"tools": [WEATHER, WEATHER]}, "tools"),
@@ -72,6 +83,16 @@ def test_each_field_becomes_one_spec_in_sampling_params(kw: dict[str, Any], kind
 ])
 def test_conflicts_and_bad_values_are_400s_naming_the_field(kw: dict[str, Any], param: str) -> None:
     assert param_of(lambda: chat(**kw).constraint()) == param
+
+
+def test_tool_choice_none_leaves_the_response_format_as_the_one_constraint() -> None:
+    """Tools offered with tool_choice "none" are rendered, never called: no tool grammar, so the
+    response format constrains the answer alone."""
+    req = chat(tools=[WEATHER], tool_choice="none", response_format=PERSON_FORMAT)
+    assert req.tool_plan() is None
+    spec, field = req.constraint()
+    assert (spec.kind, json.loads(spec.value), field) == ("json", PERSON, "response_format")
+    assert req.sampling_params(spec).structured == spec
 
 
 def test_unknown_structured_outputs_keys_are_refused_not_ignored() -> None:

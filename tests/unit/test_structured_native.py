@@ -3,13 +3,18 @@ kernels), with grammar masks filled on a thread during the forward pass:
 - the schema / regex / choice corpus validates at temperature 0 and 0.8 (also under n-gram speculation,
   where verify rows are masked per draft prefix and refused drafts never touch the matcher);
 - a constrained greedy request gives the same output alone and in a batch of 16 mixed constrained /
-  unconstrained requests; n > 1 samples each walk their own grammar; abort frees everything.
+  unconstrained requests; n > 1 samples each walk their own grammar; abort frees everything;
+- under preemption (a KV pool too small for the batch) each matcher stays with its request: a
+  preempted request resumes its grammar where it left off, and the outputs equal the same requests run
+  alone; aborting a preempted or a running constrained request releases its matcher.
 """
 
 from __future__ import annotations
 
+import gc
 import json
 import re
+import weakref
 from typing import Any
 
 import jsonschema
@@ -17,11 +22,13 @@ import pytest
 
 from serve import model_store
 from serve.engine.engine import LLMEngine
+from serve.engine.request import RequestStatus
 from serve.sampling_params import SamplingParams
 from serve.spec_decode.config import SpecDecodeConfig
 from serve.structured.spec import StructuredSpec
 from tests.data.structured_schemas import CHOICES, REGEXES, SCHEMAS
 from tests.requirements import model_missing, require
+from tests.unit.test_engine_real import SmallPool
 
 pytestmark = pytest.mark.slow
 MODEL = "smollm2-135m-instruct"
@@ -111,3 +118,103 @@ def test_n_samples_walk_their_own_grammar_and_abort_frees(runner: Any) -> None:
     engine.step()
     engine.abort_request("a")
     assert not engine.has_unfinished() and engine.scheduler.kv.num_free_blocks() == runner.num_blocks
+
+
+# ---- preemption: the matcher follows its request -------------------------------------------------------
+
+POOL = 8  # KV blocks of 16: the four 31-token prompts take all of it, so the second output token preempts
+
+
+def padded_chat(runner: Any, text: str) -> list[int]:
+    """The chat prompt padded with one-token words to 31 tokens mod 16: its second output token needs a
+    new block, so with every block taken, decoding preempts after each request has accepted tokens."""
+    for k in range(32):
+        ids = chat(runner, text + " ok" * k)
+        if len(ids) % 16 == 15:
+            return ids
+    raise AssertionError(f"no padding gives {text!r} a length of 15 mod 16")
+
+
+@pytest.fixture(scope="module")
+def preempt_case(runner: Any) -> tuple[list[list[int]], list[SamplingParams], list[dict]]:
+    picked = [SCHEMAS[i] for i in (0, 1, 5, 9)]
+    prompts = [padded_chat(runner, f"Reply with JSON describing {name}.") for name, _ in picked]
+    assert sum(-(-len(p) // 16) for p in prompts) == POOL
+    params = [SamplingParams(max_tokens=80, temperature=0, structured=StructuredSpec.json_schema(s)) for _, s in picked]
+    return prompts, params, [s for _, s in picked]
+
+
+@pytest.fixture(scope="module")
+def preempt_alone(runner: Any, preempt_case: Any) -> list[tuple[str, str]]:
+    """Each request on its own in the same small pool: it fits, nothing is preempted."""
+    prompts, params, _ = preempt_case
+    outs = []
+    for prompt, p in zip(prompts, params, strict=True):
+        engine = LLMEngine(SmallPool(runner, POOL))
+        outs += generate(engine, [prompt], [p])
+        assert engine.scheduler.num_preemptions == 0
+    return outs
+
+
+def _matchers_follow(engine: LLMEngine, preempted: list[tuple[str, int]]) -> None:
+    """After a step: every live request's matcher has accepted exactly its output tokens (a matcher
+    reset or replaced on preemption would not), and note the preempted ones with their output so far."""
+    for req in engine.scheduler.requests.values():
+        assert req.matcher is not None and req.matcher.accepted == req.num_output_tokens, \
+            (req.req_id, req.matcher.accepted if req.matcher else None, req.num_output_tokens)
+        if req.status is RequestStatus.PREEMPTED:
+            preempted.append((req.req_id, req.num_output_tokens))
+
+
+def test_preemption_keeps_each_matcher_with_its_request(runner: Any, preempt_case: Any,
+                                                        preempt_alone: list[tuple[str, str]]) -> None:
+    prompts, params, schemas = preempt_case
+    engine = LLMEngine(SmallPool(runner, POOL))
+    names = [f"s{i}" for i in range(len(prompts))]
+    for name, prompt, p in zip(names, prompts, params, strict=True):
+        engine.add_request(name, prompt, p)
+    text, reason = dict.fromkeys(names, ""), dict.fromkeys(names, "")
+    preempted: list[tuple[str, int]] = []
+    while engine.has_unfinished():
+        for out in engine.step():
+            text[out.group_id] += out.new_text
+            reason[out.group_id] = out.finish_reason or reason[out.group_id]
+        _matchers_follow(engine, preempted)
+    together = [(text[n], reason[n]) for n in names]
+    assert engine.scheduler.num_preemptions > 0 and engine.stats()["num_preemptions"] > 0
+    assert any(n > 0 for _, n in preempted), preempted  # preempted mid-output, grammar state in flight
+    bad = [(t, r) for (t, r), s in zip(together, schemas, strict=True) if r != "stop" or not _valid_json(s, t)]
+    assert not bad, bad
+    assert together == preempt_alone
+    assert engine.scheduler.kv.num_free_blocks() == POOL
+
+
+def test_abort_frees_the_matcher_of_a_preempted_and_a_running_request(
+        runner: Any, preempt_case: Any, preempt_alone: list[tuple[str, str]]) -> None:
+    prompts, params, _ = preempt_case
+    engine = LLMEngine(SmallPool(runner, POOL))
+    names = [f"a{i}" for i in range(len(prompts))]
+    for name, prompt, p in zip(names, prompts, params, strict=True):
+        engine.add_request(name, prompt, p)
+    text = dict.fromkeys(names, "")
+
+    def status(s: RequestStatus) -> list[str]:
+        return [r.req_id for r in engine.scheduler.requests.values() if r.status is s]
+
+    for _ in range(20):
+        for out in engine.step():
+            text[out.group_id] += out.new_text
+        if status(RequestStatus.PREEMPTED):
+            break
+    victims = [status(RequestStatus.PREEMPTED)[0], status(RequestStatus.RUNNING)[0]]
+    refs = [weakref.ref(engine.scheduler.requests[v].matcher) for v in victims]
+    aborted = [out for v in victims for out in engine.abort_request(v)]
+    assert [(o.group_id, o.finish_reason) for o in aborted] == [(v, "abort") for v in victims]
+    gc.collect()
+    assert [r() for r in refs] == [None, None], "an aborted request's grammar matcher is still referenced"
+    while engine.has_unfinished():
+        for out in engine.step():
+            text[out.group_id] += out.new_text
+    kept = [i for i, n in enumerate(names) if n not in victims]
+    assert [text[names[i]] for i in kept] == [preempt_alone[i][0] for i in kept]
+    assert engine.scheduler.kv.num_free_blocks() == POOL and not engine._groups  # noqa: SLF001
