@@ -12,6 +12,9 @@
     min_replicas = 1              # autoscaling on: both of min/max_replicas set
     max_replicas = 4
     target_ongoing_requests = 2   # per replica, what the autoscaler steers towards
+    upscale_delay_s = 30          # demand above target this long before a replica is added (Serve's default)
+    downscale_delay_s = 600       # below target this long before one is removed (Serve's default)
+    look_back_period_s = 30       # the window Serve averages ongoing requests over (Serve's default)
     max_ongoing_requests = 8      # per replica, before Serve queues at the caller
     prefix_tokens = 64            # prompt tokens that pick a replica under the prefix-affinity policy
 
@@ -37,6 +40,10 @@ class ClusterModel:
     target_ongoing_requests: float = 2.0
     max_ongoing_requests: int = 8
     prefix_tokens: int = 64
+    # None: Serve's own defaults (30 s, 600 s, 30 s); only read when autoscaling.
+    upscale_delay_s: float | None = None
+    downscale_delay_s: float | None = None
+    look_back_period_s: float | None = None
 
     def __post_init__(self) -> None:
         if self.replicas is not None and self.replicas < 1:
@@ -51,10 +58,22 @@ class ClusterModel:
             raise ValueError("cluster max_replicas must be >= 1")
         if self.target_ongoing_requests <= 0 or self.max_ongoing_requests < 1 or self.prefix_tokens < 1:
             raise ValueError("cluster target_ongoing_requests, max_ongoing_requests, prefix_tokens must be positive")
+        if any(d is not None and d < 0 for d in (self.upscale_delay_s, self.downscale_delay_s)):
+            raise ValueError("cluster upscale_delay_s and downscale_delay_s must be >= 0")
+        if self.look_back_period_s is not None and self.look_back_period_s <= 0:
+            raise ValueError("cluster look_back_period_s must be positive")
 
     @property
     def autoscaling(self) -> bool:
         return self.min_replicas is not None
+
+    def autoscaling_config(self) -> dict[str, Any]:
+        """Serve's autoscaling_config for this model (call only when `autoscaling`)."""
+        knobs = {"upscale_delay_s": self.upscale_delay_s, "downscale_delay_s": self.downscale_delay_s,
+                 "look_back_period_s": self.look_back_period_s}
+        return {"min_replicas": self.min_replicas, "max_replicas": self.max_replicas,
+                "target_ongoing_requests": self.target_ongoing_requests,
+                **{k: v for k, v in knobs.items() if v is not None}}
 
 
 @dataclass(frozen=True)

@@ -53,8 +53,7 @@ def engine_options(mc: ModelConfig, cm: ClusterModel, env: dict[str, str]) -> di
         "health_check_period_s": 2.0, "health_check_timeout_s": 30.0, "graceful_shutdown_timeout_s": 5.0,
     }
     if cm.autoscaling:
-        opts["autoscaling_config"] = {"min_replicas": cm.min_replicas, "max_replicas": cm.max_replicas,
-                                      "target_ongoing_requests": cm.target_ongoing_requests}
+        opts["autoscaling_config"] = cm.autoscaling_config()
     else:
         opts["num_replicas"] = cm.replicas or len(mc.replicas)
     router = ROUTERS.get(mc.policy)

@@ -8,6 +8,7 @@ import pytest
 
 from serve.cluster.config import ClusterConfig, ClusterModel, parse_cluster
 from serve.config_file import load_config
+from tests.requirements import ray_missing, require
 
 BASE = '[[models]]\nname = "smol"\n[[models.replicas]]\nbackend = "llamacpp"\n'
 
@@ -43,3 +44,29 @@ def test_bad_cluster_tables(table: dict, words: str) -> None:
 
 def test_defaults() -> None:
     assert ClusterConfig().engine == "ray" and ClusterConfig().address is None
+
+
+def test_autoscaling_knobs_reach_serve() -> None:
+    fast = parse_cluster({"models": {"smol": {"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 1,
+                                              "upscale_delay_s": 0.5, "downscale_delay_s": 0,
+                                              "look_back_period_s": 2}}}, {"smol"}).model("smol")
+    assert fast.autoscaling_config() == {"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 1,
+                                         "upscale_delay_s": 0.5, "downscale_delay_s": 0, "look_back_period_s": 2}
+    plain = ClusterModel(min_replicas=1, max_replicas=2)  # unset knobs stay Serve's defaults
+    assert plain.autoscaling_config() == {"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 2.0}
+    require("ray", ray_missing())
+    from serve.cluster.deploy import engine_options
+    from serve.config import ModelConfig, ReplicaSpec
+
+    mc = ModelConfig(name="smol", replicas=(ReplicaSpec(backend="llamacpp", model="m"),))
+    assert engine_options(mc, fast, {})["autoscaling_config"] == fast.autoscaling_config()
+    assert "autoscaling_config" not in engine_options(mc, ClusterModel(replicas=2), {})
+
+@pytest.mark.parametrize("knobs, words", [
+    ({"upscale_delay_s": -1}, "upscale_delay_s and downscale_delay_s must be >= 0"),
+    ({"downscale_delay_s": -0.5}, "upscale_delay_s and downscale_delay_s must be >= 0"),
+    ({"look_back_period_s": 0}, "look_back_period_s must be positive"),
+])
+def test_bad_autoscaling_knobs(knobs: dict, words: str) -> None:
+    with pytest.raises(ValueError, match=words):
+        ClusterModel(min_replicas=1, max_replicas=2, **knobs)
