@@ -18,7 +18,7 @@ from serve.api.structured_request import (
     from_structured_outputs,
     one_constraint,
 )
-from serve.api.tool_spec import ToolPlan, plan_tools
+from serve.api.tool_spec import ToolPlan, can_shape_answer, plan_tools
 from serve.sampling_params import ParamError, SamplingParams
 from serve.structured.spec import StructuredSpec
 
@@ -136,12 +136,15 @@ class ChatCompletionRequest(_Common):
     def constraint(self) -> Constraint | None:
         """The one output constraint: response_format, structured_outputs, or the tools' call grammar."""
         plan = self.tool_plan()
+        answer = one_constraint(from_response_format(self.response_format), super().constraint())
+        if plan and plan.mode == "auto" and answer and can_shape_answer(answer[0]):
+            return plan.spec(answer[0]), "tools"  # answer in the format, or call a tool
         tools = (plan.spec(), "tools") if plan else None
-        return one_constraint(tools, from_response_format(self.response_format), super().constraint())
+        return one_constraint(tools, answer)
 
     def set_fields(self) -> set[str]:
         """As in _Common, less the no-ops every backend honours: response_format "text", tool_choice
-        "none" / "auto", tools offered with tool_choice "none" (rendered, never called), and
+        "none" / "auto", tools offered with tool_choice "none" (accepted, neither rendered nor called), and
         parallel_tool_calls (it only shapes a call that `tools` already names)."""
         names = super().set_fields() - {"parallel_tool_calls"}
         if isinstance(self.response_format, TextFormat):

@@ -9,7 +9,9 @@ The output format (what the grammar allows, what tool_calls.py parses):
 `arguments` validates against the function's `parameters` schema (any object when it has none);
 `name` is one of the offered functions. tool_choice "required" and named force the prefix; "auto"
 allows free text instead, and free text can never begin with the prefix, so the first tokens decide,
-and no guess over finished text is ever needed.
+and no guess over finished text is ever needed. Under "auto" a JSON `response_format` (or
+`structured_outputs.json`) shapes the answer instead of free text, as OpenAI allows: the output is
+then either that JSON or a call (a JSON value never starts with the prefix).
 """
 
 from __future__ import annotations
@@ -36,13 +38,16 @@ class ToolPlan:
     callable: tuple[str, ...]  # the names the output may call
     parallel: bool
 
-    def spec(self) -> StructuredSpec:
+    def spec(self, answer: StructuredSpec | None = None) -> StructuredSpec:
+        """The call grammar; `answer` (a JSON spec, "auto" only) replaces free text as the other choice."""
         calls = [_call_schema(t) for t in self.tools if t.function.name in self.callable]
         one: dict[str, Any] = calls[0] if len(calls) == 1 else {"anyOf": calls}
         schema = {"type": "array", "items": one, "minItems": 1} if self.parallel else one
         # Compact JSON: the streamed argument fragments are then exactly the final arguments text.
         schema = {**schema, "x-guidance": {"whitespace_flexible": False}}
         call = f'"{PREFIX}" calls\ncalls: %json {json.dumps(schema)}'
+        if self.mode == "auto" and answer is not None:
+            return StructuredSpec("grammar", f"start: answer | {call}\nanswer: %json {_compact(answer)}")
         if self.mode == "auto":
             return StructuredSpec("grammar", f"start: TEXT | {call}\n{_TEXT}")
         return StructuredSpec("grammar", f"start: {call}")
@@ -50,6 +55,19 @@ class ToolPlan:
     def template_tools(self) -> list[dict[str, Any]]:
         """The tools as OpenAI sends them: what a chat template that supports tools reads."""
         return [t.model_dump(exclude_none=True) for t in self.tools]
+
+
+def can_shape_answer(spec: StructuredSpec) -> bool:
+    """A JSON schema (an object, not `true`) can stand in for free text next to tool calls; regex,
+    choice and grammar constraints stay a conflict (400)."""
+    return spec.kind == "json" and isinstance(json.loads(spec.value), dict)
+
+
+def _compact(answer: StructuredSpec) -> str:
+    """A JSON spec's schema, emitted without free whitespace like every other JSON we constrain."""
+    if not can_shape_answer(answer):
+        raise ValueError("only a JSON object schema can shape the answer next to tool calls")
+    return json.dumps({**json.loads(answer.value), "x-guidance": {"whitespace_flexible": False}})
 
 
 def _call_schema(tool: Tool) -> dict[str, Any]:

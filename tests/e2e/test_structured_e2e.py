@@ -127,18 +127,31 @@ def test_auto_answers_text_or_a_call(client: openai.OpenAI, model: str) -> None:
     ({"tool_choice": "required", "response_format": PERSON_FORMAT}, "response_format"),
     ({"tool_choice": {"type": "function", "function": {"name": "get_weather"}}, "response_format": PERSON_FORMAT},
      "response_format"),
-    ({"tool_choice": "auto", "response_format": PERSON_FORMAT}, "response_format"),
     ({"tool_choice": "required", "extra_body": {"structured_outputs": {"json": PERSON}}}, "structured_outputs"),
 ])
 def test_tools_that_may_call_and_an_output_format_are_a_400_naming_the_field(
         client: openai.OpenAI, model: str, extra: dict, field: str) -> None:
-    """Tool calls are a constraint of their own (the call grammar): a second one is refused before any
-    decoding, also under "auto", where the model could answer either way."""
+    """Tool calls that must happen are a constraint of their own (the call grammar): a second one is
+    refused before any decoding."""
     with pytest.raises(openai.BadRequestError) as e:
         client.chat.completions.create(model=model, messages=ASK, tools=[WEATHER, TIME],  # type: ignore[list-item]
                                        max_tokens=20, **extra)
     body = e.value.body
     assert body["param"] == field and "one output constraint" in body["message"], body  # type: ignore[index]
+
+
+def test_auto_with_a_response_format_answers_in_the_format_or_calls(client: openai.OpenAI, model: str) -> None:
+    """tools + response_format under auto (what agent SDKs send): a valid call, or content in the format."""
+    done = client.chat.completions.create(model=model, messages=ASK, tools=[WEATHER, TIME],  # type: ignore[list-item]
+                                          tool_choice="auto", response_format=PERSON_FORMAT,  # type: ignore[arg-type]
+                                          temperature=0, max_tokens=80)
+    c = done.choices[0]
+    if c.message.tool_calls:
+        assert c.finish_reason == "tool_calls"
+        assert all(isinstance(json.loads(t.function.arguments), dict) for t in c.message.tool_calls)
+    else:
+        assert c.finish_reason == "stop"
+        jsonschema.validate(json.loads(c.message.content or ""), PERSON)
 
 
 def test_tool_choice_none_with_a_response_format_answers_in_the_format(client: openai.OpenAI, model: str) -> None:

@@ -66,12 +66,13 @@ def test_each_field_becomes_one_spec_in_sampling_params(kw: dict[str, Any], kind
     ({"structured_outputs": {"regex": "a", "choice": ["a"]}}, "structured_outputs"),
     ({"structured_outputs": {}}, "structured_outputs"),
     ({"structured_outputs": {"regex": "a"}, "response_format": {"type": "json_object"}}, "structured_outputs"),
-    ({"tools": [WEATHER], "response_format": {"type": "json_object"}}, "response_format"),
-    # tools that will (required, named) or may (auto) call, plus a response format: two constraints
+    # tools that will call (required, named) plus a response format: two constraints
     ({"tools": [WEATHER], "tool_choice": "required", "response_format": PERSON_FORMAT}, "response_format"),
     ({"tools": [WEATHER, TIME], "tool_choice": {"type": "function", "function": {"name": "get_time"}},
       "response_format": PERSON_FORMAT}, "response_format"),
-    ({"tools": [WEATHER], "tool_choice": "auto", "response_format": PERSON_FORMAT}, "response_format"),
+    # under auto only a JSON object schema can replace the free-text answer
+    ({"tools": [WEATHER], "tool_choice": "auto", "structured_outputs": {"regex": "[a-z]+"}}, "structured_outputs"),
+    ({"tools": [WEATHER], "structured_outputs": {"choice": ["a", "b"]}}, "structured_outputs"),
     ({"tools": [WEATHER], "tool_choice": "required", "structured_outputs": {"json": {"type": "object"}}},
      "structured_outputs"),
     ({"tools": [WEATHER], "tool_choice": {"type": "function", "function": {"name": "get_weather"}},
@@ -270,6 +271,34 @@ def test_tool_events_rewrite_local_output_and_pass_upstream_output() -> None:
     assert local[-2].finish_reason == "tool_calls" and isinstance(local[-1], Usage)
     upstream = asyncio.run(run(False))
     assert "".join(ev.text for ev in upstream if isinstance(ev, Delta)) == text
+
+
+@pytest.mark.parametrize("kw", [
+    {"tool_choice": "auto", "response_format": PERSON_FORMAT},
+    {"response_format": PERSON_FORMAT},  # tool_choice absent: auto
+    {"tool_choice": "auto", "structured_outputs": {"json": PERSON}},
+])
+def test_auto_tools_with_a_json_format_answer_in_the_format_or_call(kw: dict[str, Any]) -> None:
+    """As OpenAI allows (agents send tools + response_format): one grammar, the answer's JSON or a call."""
+    from serve.models.loader import load_tokenizer
+    from serve.structured.matcher import GrammarFactory
+    from tests.unit.model_fixtures import gguf_path
+
+    spec, field = chat(tools=[WEATHER], **kw).constraint()
+    assert field == "tools" and spec.kind == "grammar"
+    tok = load_tokenizer(gguf_path())
+    factory = GrammarFactory.for_hf(tok)
+
+    def accepts(text: str) -> bool:
+        m = factory.matcher(spec)
+        return all(m.accept(t) for t in tok.encode(text, add_special_tokens=False)) and m.is_finished()
+
+    assert accepts('{"name":"Ada"}')
+    assert accepts(PREFIX + '[{"name":"get_weather","arguments":{"city":"Rome"}}]')
+    assert not accepts('{"age":3}')  # the format's required field
+    assert not accepts("Hi there")  # free text is no longer an answer
+    json_object = chat(tools=[WEATHER], response_format={"type": "json_object"}).constraint()
+    assert json_object is not None and json_object[1] == "tools"
 
 
 def test_tool_grammar_forces_the_format() -> None:
