@@ -154,20 +154,24 @@ class DecodeBuffers:
 def cuda_capture(device: torch.device) -> Capture:
     """Capture with torch.cuda.graph, all graphs sharing one memory pool (they never run concurrently,
     and each keeps its output alive, so no graph writes into another's output)."""
-    pool = torch.cuda.graph_pool_handle()
+    pool: Any = None  # made at the first capture, so that any CUDA error surfaces inside capture_all
 
     def capture(fn: Callable[[], torch.Tensor]) -> tuple[Callable[[], Any], torch.Tensor]:
-        # Warm up first, on a side stream (torch's recipe): Triton's JIT compile, cuBLAS handles and
-        # workspaces initialise here, outside the capture, where a sync or an allocation is allowed.
-        side = torch.cuda.Stream(device)
-        side.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(side):
-            fn()
-        torch.cuda.current_stream(device).wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        # thread_local: another engine's thread in this process may use CUDA while this one captures.
-        with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
-            out = fn()
+        nonlocal pool
+        # torch.cuda.graph captures on a stream of the current device: make it the runner's (cuda:1).
+        with torch.cuda.device(device):
+            pool = torch.cuda.graph_pool_handle() if pool is None else pool
+            # Warm up first, on a side stream (torch's recipe): Triton's JIT compile, cuBLAS handles and
+            # workspaces initialise here, outside the capture, where a sync or an allocation is allowed.
+            side = torch.cuda.Stream(device)
+            side.wait_stream(torch.cuda.current_stream(device))
+            with torch.cuda.stream(side):
+                fn()
+            torch.cuda.current_stream(device).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            # thread_local: another engine's thread in this process may use CUDA while this one captures.
+            with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
+                out = fn()
         return graph.replay, out
 
     return capture

@@ -9,11 +9,15 @@ checks with real CUDA graphs: tests/unit/cuda_graph_checks.py (gpu-marked, test_
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
+
 import pytest
 import torch
 
 from serve.engine.engine import LLMEngine
 from serve.sampling_params import SamplingParams
+from serve.worker import model_runner
 from serve.worker.cuda_graphs import rerun_capture
 from serve.worker.model_runner import ModelRunner, RunnerConfig
 from tests.unit.cuda_graph_checks import (
@@ -29,12 +33,20 @@ BS = 4
 PROMPT_LENS = [3, 9, 1, 14, 6]
 
 
-@pytest.fixture(scope="module")
-def runner(tmp_path_factory: pytest.TempPathFactory) -> ModelRunner:
-    path = write_tiny_checkpoint(tmp_path_factory.mktemp("tiny"))
+def tiny_runner(path: Path) -> ModelRunner:
     return ModelRunner(RunnerConfig(str(path), dtype="float32", device="cpu", attention_backend="triton",
                                     block_size=BS, kv_cache_bytes=64 * (2 * 2 * BS * 2 * 8 * 4), max_model_len=128,
                                     quantization="none", max_graph_batch=8, num_threads=2))
+
+
+@pytest.fixture(scope="module")
+def tiny_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="module")
+def runner(tiny_path: Path) -> ModelRunner:
+    return tiny_runner(tiny_path)
 
 
 @pytest.mark.parametrize("n", [1, 3, 5])
@@ -79,3 +91,16 @@ def test_greedy_generation_through_padded_graphs_equals_eager(runner: ModelRunne
     finally:
         runner.graphs = None
     assert graphed == eager
+
+
+def test_a_runner_whose_capture_fails_warns_and_serves_eagerly(tiny_path: Path, runner: ModelRunner,
+                                                              monkeypatch: pytest.MonkeyPatch,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    """Graphs deemed available on CPU: the real torch.cuda capture fails at once, and the runner says so."""
+    monkeypatch.setattr(model_runner, "graphs_unavailable", lambda *args: None)
+    with caplog.at_level(logging.WARNING, logger="serve.worker.cuda_graphs"):
+        failed = tiny_runner(tiny_path)
+    assert failed.graphs is None and "CUDA graph capture failed at batch 8" in caplog.text
+    prompts = [[5, 6, 7], [8, 9]]
+    runner.graphs = None
+    assert generate(failed, prompts) == generate(runner, prompts)

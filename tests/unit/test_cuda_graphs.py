@@ -9,6 +9,8 @@ graphs in test_cuda_graphs_gpu.py.
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -21,6 +23,7 @@ from serve.worker.cuda_graphs import (
     DecodeBuffers,
     DecodeGraphs,
     capture_sizes,
+    cuda_capture,
     graphs_unavailable,
     is_decode_step,
     pad_decode,
@@ -174,3 +177,50 @@ def test_cuda_graph_options_reach_the_runner_config() -> None:
         EngineConfig.from_options("m.gguf", {"max_graph_batch": "0"})
     with pytest.raises(ValueError, match="max_graph_batch"):
         RunnerConfig("m.gguf", max_graph_batch=0)
+
+
+def test_cuda_capture_warms_up_on_a_side_stream_then_captures_into_the_shared_pool(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The torch.cuda calls, faked (no GPU here), each checked against the real function's signature."""
+    events: list[str] = []
+
+    class Ctx:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def __enter__(self) -> None:
+            events.append(f"enter {self.name}")
+
+        def __exit__(self, *exc: object) -> None:
+            events.append(f"exit {self.name}")
+
+    class Stream:
+        def wait_stream(self, other: object) -> None:
+            events.append("wait")
+
+    class Graph:
+        def replay(self) -> None:
+            events.append("replay")
+
+    def graph(g: Graph, pool: object = None, stream: object = None, capture_error_mode: str = "global") -> Ctx:
+        assert isinstance(g, Graph) and pool == "pool" and capture_error_mode == "thread_local"
+        return Ctx("capture")
+
+    fakes: dict[str, Callable[..., Any]] = {
+        "device": lambda d: Ctx("device"), "graph_pool_handle": lambda: "pool", "Stream": lambda *a, **k: Stream(),
+        "current_stream": lambda *a, **k: Stream(), "stream": lambda s: Ctx("side stream"),
+        "CUDAGraph": lambda *a, **k: Graph(), "graph": graph}
+    for name, fake in fakes.items():
+        sig = inspect.signature(getattr(torch.cuda, name))
+
+        def checked(*a: Any, _sig: inspect.Signature = sig, _fake: Callable[..., Any] = fake, **k: Any) -> Any:
+            _sig.bind(*a, **k)  # raises TypeError if the real function would not accept the call
+            return _fake(*a, **k)
+
+        monkeypatch.setattr(torch.cuda, name, checked)
+    replay, out = cuda_capture(CUDA)(lambda: events.append("forward") or torch.ones(2))
+    replay()
+    assert events == ["enter device", "wait", "enter side stream", "forward",
+                      "exit side stream", "wait", "enter capture", "forward", "exit capture", "exit device",
+                      "replay"]
+    assert torch.equal(out, torch.ones(2))
