@@ -3,7 +3,8 @@
     python -m benchmarks.gpu.collect --out-dir DIR [--check]
 
 Reads what the earlier steps left in DIR: pytest's junit XML (gpu_tests.xml), serve.kernels.gpu_bench's
-output (kernels.log), the offline results (offline_b*.json) and each step's exit status (steps.tsv),
+output (kernels.log), the offline results (offline_b<N>.json with CUDA graphs, offline_b<N>_eager.json
+without; their ratio per batch is `cuda_graph_speedup`) and each step's exit status (steps.tsv),
 and writes DIR/gpu_results.json with the GPU name and the versions beside them. A missing input is
 recorded as missing, not fatal: a step that timed out still leaves the others' figures.
 """
@@ -67,12 +68,30 @@ def collect(out_dir: Path) -> dict[str, Any]:
         for line in (out_dir / "steps.tsv").read_text().splitlines():
             name, rc, secs = line.split("\t")
             steps[name] = {"exit": int(rc), "seconds": float(secs)}
-    offline = {p.stem.removeprefix("offline_b"): json.loads(p.read_text())
-               for p in sorted(out_dir.glob("offline_b*.json"))}
-    return {"schema": "sluice.gpu.run", "schema_version": 1, "versions": versions(), "steps": steps,
+    runs = {p.stem.removeprefix("offline_b"): json.loads(p.read_text()) for p in sorted(out_dir.glob("offline_b*.json"))}
+    offline = {k: v for k, v in runs.items() if not k.endswith("_eager")}
+    eager = {k.removesuffix("_eager"): v for k, v in runs.items() if k.endswith("_eager")}
+    return {"schema": "sluice.gpu.run", "schema_version": 2, "versions": versions(), "steps": steps,
             "gpu_tests": _read(out_dir / "gpu_tests.xml", parse_junit),
             "kernels": _read(out_dir / "kernels.log", lambda p: parse_kernel_log(p.read_text())),
-            "offline_by_batch": offline}
+            "offline_by_batch": offline, "offline_eager_by_batch": eager,
+            "cuda_graph_speedup": graph_speedup(offline, eager)}
+
+
+def _decode_rate(result: dict[str, Any]) -> float | None:
+    """Decode tokens/s of one `sluice bench offline` result JSON (a top-level field)."""
+    rate = result.get("decode_tokens_per_s")
+    return float(rate) if isinstance(rate, int | float) else None
+
+
+def graph_speedup(graphs: dict[str, Any], eager: dict[str, Any]) -> dict[str, float | None]:
+    """Per batch: decode tokens/s with CUDA graphs / without (None where either run is missing)."""
+    out: dict[str, float | None] = {}
+    for batch in sorted(set(graphs) | set(eager), key=lambda b: int(b) if b.isdigit() else 0):
+        g = _decode_rate(graphs[batch]) if batch in graphs else None
+        e = _decode_rate(eager[batch]) if batch in eager else None
+        out[batch] = round(g / e, 3) if g and e else None
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     result = collect(a.out_dir)
     if not a.check:
         (a.out_dir / "gpu_results.json").write_text(json.dumps(result, indent=1))
-    print(f"gpu_results: {result['versions']['gpu']}, steps {result['steps']}")
+    print(f"gpu_results: {result['versions']['gpu']}, steps {result['steps']}, "
+          f"CUDA-graph decode speedup by batch {result['cuda_graph_speedup']}")
     return 0
 
 

@@ -6,7 +6,9 @@ The GPU machine reaches no registry and carries at most 64 MiB, so the bundled S
 cannot travel with the command. Unless --model names a checkpoint already there, this writes a
 SmolLM2-135M-shaped Llama with seeded random weights and a word-level tokenizer over the same
 vocabulary: with ignore_eos and fixed lengths, tokens/s depends on the shapes, not the weights' values.
-Each batch runs the real CLI in-process (serve.cli.main) and leaves its result JSON in --out-dir.
+Each batch runs the real CLI in-process (serve.cli.main) twice, with CUDA graphs for decode (the
+default) and without (`-o cuda_graphs=false`, eager), and leaves offline_b<N>.json and
+offline_b<N>_eager.json in --out-dir: the pair is the graphs' gain at that batch.
 --check builds a 2-layer checkpoint and parses every command without running it (the CI dry run).
 """
 
@@ -28,7 +30,7 @@ SMOLLM2_135M = {
 }
 
 
-def _layer_shapes(cfg: dict, i: int) -> dict[str, tuple[int, ...]]:
+def layer_shapes(cfg: dict, i: int) -> dict[str, tuple[int, ...]]:
     h, inter, d = cfg["hidden_size"], cfg["intermediate_size"], cfg["head_dim"]
     q, kv, p = cfg["num_attention_heads"] * d, cfg["num_key_value_heads"] * d, f"model.layers.{i}."
     return {p + "self_attn.q_proj.weight": (q, h), p + "self_attn.k_proj.weight": (kv, h),
@@ -44,7 +46,7 @@ def random_weights(cfg: dict, seed: int = 0) -> dict[str, torch.Tensor]:
     shapes = {"model.embed_tokens.weight": (cfg["vocab_size"], cfg["hidden_size"]),
               "model.norm.weight": (cfg["hidden_size"],)}
     for i in range(cfg["num_hidden_layers"]):
-        shapes |= _layer_shapes(cfg, i)
+        shapes |= layer_shapes(cfg, i)
     return {name: (torch.ones(s) if len(s) == 1 else torch.randn(s, generator=gen) * 0.02).to(torch.bfloat16)
             for name, s in shapes.items()}
 
@@ -77,12 +79,21 @@ def write_checkpoint(folder: Path, layers: int | None = None) -> Path:
 KV_CACHE_BYTES = 8 << 30
 
 
-def bench_argv(model: Path, batch: int, out: Path, output_len: int, device: str) -> list[str]:
-    """One `sluice bench offline` run: `batch` prompts all in flight, so the decode batch is `batch`."""
+def bench_argv(model: Path, batch: int, out: Path, output_len: int, device: str, cuda_graphs: bool = True
+               ) -> list[str]:
+    """One `sluice bench offline` run: `batch` prompts all in flight, so the decode batch is `batch`
+    (max_num_seqs = batch also caps the captured graphs at it)."""
     return ["bench", "offline", "--backend", "native", "--model", str(model), "--num-prompts", str(batch),
             "--concurrency", str(batch), "--input-len", "128", "--output-len", str(output_len),
             "-o", f"device={device}", "-o", "dtype=bfloat16", "-o", f"max_num_seqs={batch}",
-            "-o", f"kv_cache_bytes={KV_CACHE_BYTES}", "--out", str(out)]
+            "-o", f"kv_cache_bytes={KV_CACHE_BYTES}", "-o", f"cuda_graphs={str(cuda_graphs).lower()}",
+            "--out", str(out)]
+
+
+def runs(batches: str, out_dir: Path) -> list[tuple[int, bool, Path]]:
+    """(batch, cuda_graphs, result file) of every run: each batch with graphs, then eager."""
+    return [(b, graphs, out_dir / f"offline_b{b}{'' if graphs else '_eager'}.json")
+            for b in (int(x) for x in batches.split(",")) for graphs in (True, False)]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -98,8 +109,8 @@ def main(argv: list[str] | None = None) -> int:
 
     model = a.model or write_checkpoint(a.out_dir / "random-smollm2-135m", layers=2 if a.check else None)
     failed = 0
-    for b in (int(x) for x in a.batches.split(",")):
-        args = bench_argv(model, b, a.out_dir / f"offline_b{b}.json", a.output_len, a.device)
+    for b, graphs, out in runs(a.batches, a.out_dir):
+        args = bench_argv(model, b, out, a.output_len, a.device, graphs)
         ns = build_parser(args).parse_args(args)  # a renamed flag fails here, in CI, not on the GPU
         if a.check:  # the engine options too: EngineConfig rejects an unknown or bad one
             from benchmarks.offline import parse_options

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The one prepared GPU run (issue 17): gpu-marked tests, attention/GEMM kernels side by side, the
-# native engine's offline bench at batch 1/32/256, all figures in $OUT/gpu_results.json.
+# native engine's offline bench at batch 1/32/256 with CUDA graphs for decode and without (eager),
+# all figures in $OUT/gpu_results.json.
 #
 #   benchmarks/gpu/prepare.sh            # here, with PyPI: fetch the carried wheels
 #   benchmarks/gpu/run.sh                # there, on the GPU machine (carry benchmarks/gpu/wheels)
@@ -13,12 +14,13 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$ROOT"
 PYTHON=${PYTHON:-python3}
-GPU_TESTS=${GPU_TESTS:-tests/kernels/test_gpu_compiled.py tests/unit/test_model_attention.py}
+GPU_TESTS=${GPU_TESTS:-tests/kernels/test_gpu_compiled.py tests/unit/test_model_attention.py tests/unit/test_cuda_graphs_gpu.py}
 WHEEL_LIST=${WHEEL_LIST:-benchmarks/gpu/wheels.txt}
 WHEEL_DIR=${WHEEL_DIR:-benchmarks/gpu/wheels}
 BATCHES=${BATCHES:-1,32,256}
 # Seconds per step; together 470 s, inside the issue's 8 minutes with room for install and collect.
-T_TESTS=${T_TESTS:-200} T_KERNELS=${T_KERNELS:-90} T_OFFLINE=${T_OFFLINE:-180}
+# The offline step runs each batch twice (CUDA graphs on, then eager), hence its larger share.
+T_TESTS=${T_TESTS:-180} T_KERNELS=${T_KERNELS:-80} T_OFFLINE=${T_OFFLINE:-210}
 export PYTHONPATH="$ROOT/kernels:$ROOT${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
 
 die() { echo "run.sh: $*" >&2; exit 1; }

@@ -34,6 +34,12 @@ class AttentionBackend(Protocol):
         """
         ...
 
+    # Optional, for CUDA graphs (serve/worker/cuda_graphs.py): a backend whose all-decode metadata can
+    # be made of static tensors defines
+    #     decode_metadata(slot_mapping, block_table, context_lens, query_start, query_lens) -> metadata
+    # and its `forward` must then be graph-safe for that metadata (no host sync, fixed shapes).
+    # Backends without it always run eagerly.
+
 
 # Name -> "module:Class". Imported on first use so the model never imports a kernel package.
 _BACKENDS = {

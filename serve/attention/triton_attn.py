@@ -59,6 +59,15 @@ class TritonAttnBackend:
                               query_start=ints(ctx.query_start), query_lens=ints(ctx.query_lens),
                               context_lens=ints(ctx.context_lens), max_query_len=max(ctx.query_lens))
 
+    def decode_metadata(self, slot_mapping: torch.Tensor, block_table: torch.Tensor, context_lens: torch.Tensor,
+                        query_start: torch.Tensor, query_lens: torch.Tensor) -> TritonMetadata:
+        """Metadata of an all-decode step (one query per sequence) made of the given tensors, not built
+        from lists: CUDA graphs replay over these static buffers (serve/worker/cuda_graphs.py).
+        slot_mapping [B] int64; block_table [B, W] int32; context_lens, query_start (0..B-1) and
+        query_lens (all 1) [B] int32. The kernel's grid depends only on B and max_query_len = 1."""
+        return TritonMetadata(slot_mapping=slot_mapping, block_table=block_table, query_start=query_start,
+                              query_lens=query_lens, context_lens=context_lens, max_query_len=1)
+
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,
                 v_cache: torch.Tensor, meta: TritonMetadata, scale: float) -> torch.Tensor:
         """q: [T, Hq, D]; k, v: [T, Hkv, D]; caches [num_blocks, block_size, Hkv, D] -> [T, Hq, D]."""

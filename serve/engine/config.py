@@ -56,6 +56,11 @@ class EngineConfig:
     max_model_len: int | None = None  # None: the model's own limit
     num_threads: int | None = None
     quantization: str = "auto"  # the checkpoint's own format (GPTQ dir, GGUF) or a quant method name
+    # Decode steps replay CUDA graphs on CUDA (triton attention); `-o cuda_graphs=false` runs every step
+    # eagerly (vLLM's enforce_eager). Graphs are captured at start for batches up to
+    # min(max_graph_batch, max_num_seqs).
+    cuda_graphs: bool = True
+    max_graph_batch: int = 256
     cache: CacheConfig = field(default_factory=CacheConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     speculative: SpecDecodeConfig = field(default_factory=SpecDecodeConfig)
@@ -69,6 +74,8 @@ class EngineConfig:
             raise ValueError(f"max_model_len must be >= 2, got {self.max_model_len}")
         if self.num_threads is not None and self.num_threads < 1:
             raise ValueError(f"num_threads must be >= 1, got {self.num_threads}")
+        if self.max_graph_batch < 1:
+            raise ValueError(f"max_graph_batch must be >= 1, got {self.max_graph_batch}")
 
     @classmethod
     def from_options(cls, model_path: str, options: dict[str, Any]) -> EngineConfig:
@@ -91,7 +98,10 @@ class EngineConfig:
         return {"model_path": self.model_path, "dtype": self.dtype, "device": self.device,
                 "block_size": self.cache.block_size, "kv_cache_bytes": self.cache.kv_cache_bytes,
                 "attention_backend": self.attention_backend, "max_model_len": self.max_model_len,
-                "num_threads": self.num_threads, "quantization": self.quantization}
+                "num_threads": self.num_threads, "quantization": self.quantization,
+                "cuda_graphs": self.cuda_graphs,
+                # a decode step never holds more sequences than the scheduler batches
+                "max_graph_batch": min(self.max_graph_batch, self.scheduler.max_num_seqs)}
 
 
 def _coerce(cls: type, name: str, value: Any) -> Any:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -16,6 +17,7 @@ import torch
 from serve.engine.batch import RunnerOutput, ScheduledSeq, StepBatch
 from serve.models.loader import DTYPE_CHOICES, load_model, load_model_config, load_tokenizer
 from serve.spec_decode.rejection_sampler import RejectionSampler
+from serve.worker.cuda_graphs import Capture, DecodeGraphs, capture_sizes, graphs_unavailable
 from serve.worker.forward_context import build_context
 from serve.worker.grammar_masks import GrammarMasks
 from serve.worker.sampler import Sampler, SampleRow
@@ -36,6 +38,10 @@ class RunnerConfig:
     max_model_len: int | None = None  # default: model's context length
     num_threads: int | None = None  # torch threads on CPU; default all cores
     quantization: str = "auto"  # "auto": the checkpoint's own format (GPTQ, GGUF int4), else a quant method name
+    # Decode steps replay captured CUDA graphs (CUDA with the triton attention backend; elsewhere
+    # eager regardless). False: always eager, like vLLM's enforce_eager.
+    cuda_graphs: bool = True
+    max_graph_batch: int = 256  # largest decode batch captured; larger steps run eagerly
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPE_CHOICES:
@@ -44,6 +50,8 @@ class RunnerConfig:
             raise ValueError("block_size and kv_cache_bytes must be positive")
         if self.max_model_len is not None and self.max_model_len < 1:
             raise ValueError("max_model_len must be positive")
+        if self.max_graph_batch < 1:
+            raise ValueError(f"max_graph_batch must be >= 1, got {self.max_graph_batch}")
 
 
 def _resolve_device(name: str) -> torch.device:
@@ -75,6 +83,10 @@ class ModelRunner:
         self.sampler = Sampler(self.device)
         self._masks = GrammarMasks(self.device)
         self.rejection = RejectionSampler(self.sampler)  # sampled requests verifying drafts
+        why_not = graphs_unavailable(cfg.cuda_graphs, self.device, self.model.backend)
+        if why_not is not None:  # worth a line on CUDA only: elsewhere graphs never apply
+            (log.info if self.device.type == "cuda" else log.debug)("CUDA graphs off: %s", why_not)
+        self.graphs = None if why_not else self.capture_decode_graphs()  # None: every step runs eagerly
 
     def _allocate_kv_cache(self) -> int:
         mc = self.model_config
@@ -83,7 +95,10 @@ class ModelRunner:
         num_blocks = self.cfg.kv_cache_bytes // per_block
         if num_blocks < 1:
             raise ValueError(f"kv_cache_bytes={self.cfg.kv_cache_bytes} is less than one block ({per_block} bytes)")
-        shape = (num_blocks, self.block_size, mc.num_kv_heads, mc.head_dim)
+        # One block more than the scheduler gets: the scratch block the padding rows of a decode
+        # graph write to and read from (serve/worker/cuda_graphs.py).
+        self.scratch_block = num_blocks
+        shape = (num_blocks + 1, self.block_size, mc.num_kv_heads, mc.head_dim)
         # Zeroed, not empty: padded gathers read slots that were never written, and 0 * NaN would leak.
         self.kv_caches = [(torch.zeros(shape, dtype=dtype, device=self.device),
                            torch.zeros(shape, dtype=dtype, device=self.device)) for _ in range(mc.num_layers)]
@@ -92,6 +107,31 @@ class ModelRunner:
                  num_blocks * per_block / 2**20)
         return num_blocks
 
+    # --- the forward pass: CUDA graphs for decode steps, eager otherwise ---------------------------
+
+    def capture_decode_graphs(self, capture: Capture | None = None) -> DecodeGraphs | None:
+        """Decode graphs at every size up to max_graph_batch, or None if capture failed. `capture`
+        (default: torch.cuda.graph) lets CPU tests stand in `rerun_capture`."""
+        max_blocks = -(-self.max_model_len // self.block_size)
+        graphs = DecodeGraphs(self.model, self.block_size, self.scratch_block, max_blocks,
+                              capture_sizes(self.cfg.max_graph_batch), self.device, capture)
+        with torch.inference_mode():
+            graphs.capture_all()
+        return graphs if graphs.captured else None
+
+    def _prepare_forward(self, seqs: list[ScheduledSeq]) -> Callable[[], torch.Tensor]:
+        """The step's forward -> final hidden states [T, H], its inputs checked and on the device: a graph
+        replay for a decode step that fits one, else the eager model call."""
+        if self.graphs is not None:
+            replay = self.graphs.prepare(seqs)
+            if replay is not None:
+                return replay
+        ctx = build_context([len(s.token_ids) for s in seqs], [s.start_pos for s in seqs],
+                            [s.block_table for s in seqs], self.block_size, self.device,
+                            verify=[s.num_logits > 1 for s in seqs])
+        input_ids = torch.tensor([t for s in seqs for t in s.token_ids], dtype=torch.int64, device=self.device)
+        return lambda: self.model(input_ids, ctx.positions, ctx)
+
     def execute(self, batch: StepBatch) -> RunnerOutput:
         """One forward over all scheduled tokens; samples `num_logits` rows per sequence."""
         self.sampler.forget(batch.finished_req_ids)
@@ -99,15 +139,12 @@ class ModelRunner:
         if not seqs:
             return RunnerOutput(sampled={})
         self._validate(seqs)
-        ctx = build_context([len(s.token_ids) for s in seqs], [s.start_pos for s in seqs],
-                            [s.block_table for s in seqs], self.block_size, self.device,
-                            verify=[s.num_logits > 1 for s in seqs])
-        input_ids = torch.tensor([t for s in seqs for t in s.token_ids], dtype=torch.int64, device=self.device)
+        forward = self._prepare_forward(seqs)
         rows, sample_rows = self._logit_rows(seqs)
         fill = batch.fill_masks
         masks = self._masks.start(fill, len(rows), getattr(fill, "vocab_size", 0) or self.vocab_size) if fill else None
         with torch.inference_mode():
-            hidden = self.model(input_ids, ctx.positions, ctx)
+            hidden = forward()
             if not rows:
                 return RunnerOutput(sampled={s.req_id: [] for s in seqs})
             logits = self.model.compute_logits(hidden.index_select(0, torch.tensor(rows, device=self.device)))

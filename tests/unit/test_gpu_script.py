@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -34,3 +35,18 @@ def test_missing_or_unmarked_gpu_test_fails() -> None:
     assert proc.returncode != 0 and "does not exist" in proc.stderr
     proc = dry_run(GPU_TESTS="tests/unit/test_config.py")  # exists, but holds no gpu-marked test
     assert proc.returncode != 0 and "holds no test marked gpu" in proc.stderr
+
+
+def test_offline_bench_pairs_cuda_graph_and_eager_runs(tmp_path: Path) -> None:
+    from benchmarks.gpu.collect import collect
+    from benchmarks.gpu.engine_bench import bench_argv, runs
+
+    assert [(b, g, p.name) for b, g, p in runs("1,32", tmp_path)] == [
+        (1, True, "offline_b1.json"), (1, False, "offline_b1_eager.json"),
+        (32, True, "offline_b32.json"), (32, False, "offline_b32_eager.json")]
+    assert "cuda_graphs=false" in bench_argv(tmp_path, 1, tmp_path / "x.json", 8, "cuda", cuda_graphs=False)
+    for name, rate in (("offline_b1.json", 300.0), ("offline_b1_eager.json", 100.0), ("offline_b32.json", 50.0)):
+        (tmp_path / name).write_text(json.dumps({"decode_tokens_per_s": rate}))
+    out = collect(tmp_path)
+    assert set(out["offline_by_batch"]) == {"1", "32"} and set(out["offline_eager_by_batch"]) == {"1"}
+    assert out["cuda_graph_speedup"] == {"1": 3.0, "32": None}
