@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from serve.sampling_params import LOGPROBS_MODES
 from serve.spec_decode.config import SpecDecodeConfig
 
 SCHEDULING_POLICIES = ("fcfs", "priority")
@@ -56,6 +57,7 @@ class EngineConfig:
     max_model_len: int | None = None  # None: the model's own limit
     num_threads: int | None = None
     quantization: str = "auto"  # the checkpoint's own format (GPTQ dir, GGUF) or a quant method name
+    logprobs_mode: str = "raw_logprobs"  # or "processed_logprobs": what logprobs describe (serve/sampling)
     cache: CacheConfig = field(default_factory=CacheConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     speculative: SpecDecodeConfig = field(default_factory=SpecDecodeConfig)
@@ -69,6 +71,8 @@ class EngineConfig:
             raise ValueError(f"max_model_len must be >= 2, got {self.max_model_len}")
         if self.num_threads is not None and self.num_threads < 1:
             raise ValueError(f"num_threads must be >= 1, got {self.num_threads}")
+        if self.logprobs_mode not in LOGPROBS_MODES:
+            raise ValueError(f"unknown logprobs_mode {self.logprobs_mode!r}; choose one of: {', '.join(LOGPROBS_MODES)}")
 
     @classmethod
     def from_options(cls, model_path: str, options: dict[str, Any]) -> EngineConfig:
@@ -91,7 +95,8 @@ class EngineConfig:
         return {"model_path": self.model_path, "dtype": self.dtype, "device": self.device,
                 "block_size": self.cache.block_size, "kv_cache_bytes": self.cache.kv_cache_bytes,
                 "attention_backend": self.attention_backend, "max_model_len": self.max_model_len,
-                "num_threads": self.num_threads, "quantization": self.quantization}
+                "num_threads": self.num_threads, "quantization": self.quantization,
+                "logprobs_mode": self.logprobs_mode}
 
 
 def _coerce(cls: type, name: str, value: Any) -> Any:
