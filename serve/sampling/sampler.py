@@ -207,13 +207,11 @@ class Sampler:
             kept.update({sampled[j]: wb[m:m + 1] for m, j in enumerate(whole) if sampled[j] in keep})
         if cut:
             sl = self._truncate(block if not whole else block[cut], [params[j] for j in cut])
-            picks = tf.draw(torch.softmax(sl.vals, dim=-1), u if not whole else u[cut])
-            for j, t in zip(cut, sl.ids.gather(1, picks.unsqueeze(1)).squeeze(1).tolist(), strict=True):
-                chosen[sampled[j]] = int(t)
-            full = [m for m, j in enumerate(cut) if sampled[j] in keep]
-            if full:
-                scattered = tf.Slice(sl.vals[full], sl.ids[full]).scatter(logits.shape[1])
-                kept.update({sampled[cut[m]]: scattered[n:n + 1] for n, m in enumerate(full)})
+            for j, t in zip(cut, sl.draw(u if not whole else u[cut]), strict=True):
+                chosen[sampled[j]] = t
+            if any(sampled[j] in keep for j in cut):
+                scattered = sl.scatter(logits.shape[1])
+                kept.update({sampled[j]: scattered[m:m + 1] for m, j in enumerate(cut) if sampled[j] in keep})
         return kept
 
     def _recheck(self, rows: Sequence[SampleRow], lazy: Mapping[int, Constraint], chosen: list[int],

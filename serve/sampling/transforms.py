@@ -16,7 +16,7 @@ Dropped tokens get -inf.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -67,16 +67,42 @@ def apply_min_p(logits: torch.Tensor, min_p: torch.Tensor) -> None:
 
 
 @dataclass(frozen=True)
-class Slice:
-    """Each row's best tokens, best first: vals [n, K] float32 logits (-inf: dropped), ids [n, K] int64."""
+class _Part:
+    """Some rows' best tokens, best first, all of one width: vals [m, K] float32 logits (-inf:
+    dropped), ids [m, K] int64; probs: each token's share of its row's whole distribution (None:
+    top-p renormalises over the slice, as after top-k)."""
 
+    rows: list[int]
     vals: torch.Tensor
     ids: torch.Tensor
+    probs: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class Slice:
+    """The survivors of truncation for n rows, in parts of one width each (a row whose nucleus spans
+    thousands of tokens does not widen the others)."""
+
+    parts: list[_Part]
+    n: int
 
     def scatter(self, vocab: int) -> torch.Tensor:
-        """[n, vocab] logits: the slice's values at their ids, -inf elsewhere."""
-        out = torch.full((self.vals.shape[0], vocab), NEG_INF, dtype=self.vals.dtype, device=self.vals.device)
-        return out.scatter_(1, self.ids, self.vals)
+        """[n, vocab] logits: the survivors' values at their ids, -inf elsewhere."""
+        device = self.parts[0].vals.device
+        out = torch.full((self.n, vocab), NEG_INF, device=device)
+        for p in self.parts:
+            rows = torch.full((len(p.rows), vocab), NEG_INF, device=device).scatter_(1, p.ids, p.vals)
+            out.index_copy_(0, torch.tensor(p.rows, device=device), rows)
+        return out
+
+    def draw(self, uniforms: torch.Tensor) -> list[int]:
+        """One token per row from softmax of its survivors; uniforms: [n] in [0, 1)."""
+        out = [0] * self.n
+        for p in self.parts:
+            picks = draw(torch.softmax(p.vals, dim=-1), _select(uniforms, p.rows))
+            for r, t in zip(p.rows, p.ids.gather(1, picks.unsqueeze(1)).squeeze(1).tolist(), strict=True):
+                out[r] = t
+        return out
 
 
 def top_k_top_p(logits: torch.Tensor, top_k: Sequence[int], top_p: Sequence[float]) -> Slice:
@@ -85,46 +111,66 @@ def top_k_top_p(logits: torch.Tensor, top_k: Sequence[int], top_p: Sequence[floa
 
     Only a top slice is sorted, never the whole vocabulary (a full sort of 49k logits costs ~4 ms on a
     core, topk(64) ~0.06 ms): rows with top-k need their k best; rows without it the fewest best that
-    hold top_p of the mass, found by growing the slice 8x until every such row has enough. The knobs
-    are Python numbers so that the common cases (one kind of cut) skip the others' tensor work.
+    hold top_p of the mass, found by growing each row's slice until it has enough.
     """
     n, vocab = logits.shape
     ks = [min(k, vocab) if k > 0 else 0 for k in top_k]
+    parts: list[_Part] = []
+    with_k = [i for i in range(n) if ks[i]]
+    if with_k:
+        vals, ids = _best(_select(logits, with_k), max(ks[i] for i in with_k))
+        if len({ks[i] for i in with_k}) > 1:
+            rank = torch.arange(vals.shape[1], device=logits.device).unsqueeze(0)
+            vals = vals.masked_fill(rank >= torch.tensor([ks[i] for i in with_k], device=logits.device).unsqueeze(1),
+                                    NEG_INF)
+        parts.append(_Part(with_k, vals, ids))
     whole = [i for i in range(n) if not ks[i]]  # top-p over the whole distribution
-    pick = _rows(whole, n, logits.device)
-    size = min(vocab, max(ks + [_FIRST_SLICE if whole else 0]))
-    full: torch.Tensor | None = None  # the whole rows' probabilities [len(whole), V]
-    while True:
-        vals, ids = _best(logits, size)
-        if size == vocab or not whole:
-            break
-        if full is None:
-            full = torch.softmax(pick(logits), dim=-1)
-        if bool((full.gather(1, pick(ids)).sum(dim=-1) >= torch.tensor([top_p[i] for i in whole])).all()):
-            break
-        size = min(vocab, size * 8)
-    if any(0 < k < size for k in ks):
-        rank = torch.arange(size, device=logits.device).unsqueeze(0)
-        vals = vals.masked_fill(rank >= torch.tensor([k or size for k in ks], device=logits.device).unsqueeze(1), NEG_INF)
+    if whole:
+        parts += _nucleus_parts(logits, whole, top_p)
+    return Slice([_cut_top_p(part, [top_p[i] for i in part.rows]) for part in parts], n)
+
+
+def _nucleus_parts(logits: torch.Tensor, rows: list[int], top_p: Sequence[float]) -> list[_Part]:
+    """For rows cut by top-p alone: the fewest best tokens (64, 512, 4096, 8192, ...) holding top_p of
+    the mass, grown per row so that one flat row does not make the whole batch sort thousands."""
+    x = _select(logits, rows)
+    full = torch.softmax(x, dim=-1)
+    vocab = x.shape[1]
+    pending = list(range(len(rows)))
+    size = min(vocab, _FIRST_SLICE)
+    parts = []
+    while pending:
+        vals, ids = _best(_select(x, pending), size)
+        probs = _select(full, pending).gather(1, ids)
+        enough = [True] * len(pending) if size == vocab else \
+            (probs.sum(dim=-1) >= torch.tensor([top_p[rows[j]] for j in pending])).tolist()
+        done = [m for m, ok in enumerate(enough) if ok]
+        if done:
+            parts.append(_Part([rows[pending[m]] for m in done], _select(vals, done), _select(ids, done),
+                               _select(probs, done)))
+        pending = [j for j, ok in zip(pending, enough, strict=True) if not ok]
+        size = min(vocab, size * (8 if size < _TOPK_MAX * 8 else 2))  # past 4096: sorting costs by size
+    return parts
+
+
+def _cut_top_p(part: _Part, top_p: list[float]) -> _Part:
+    """top-p within a part's slices: keep the best tokens until their mass reaches p (the crossing one
+    too), the mass renormalised over the slice (after top-k) or of the whole distribution."""
     if all(p >= 1.0 for p in top_p):
-        return Slice(vals, ids)
-    # top-p's mass: renormalised over what top-k kept (vLLM's order), or of the whole distribution.
-    probs = torch.softmax(vals, dim=-1)
-    if full is not None:
-        probs[whole] = full.gather(1, pick(ids))
+        return part
+    probs = part.probs if part.probs is not None else torch.softmax(part.vals, dim=-1)
     mass_before = probs.cumsum(dim=-1) - probs  # mass of strictly better tokens
-    p = torch.tensor([q if q < 1.0 else 2.0 for q in top_p], device=logits.device)  # 1.0 = off, despite rounding
+    p = torch.tensor([q if q < 1.0 else 2.0 for q in top_p], device=probs.device)  # 1.0 = off, despite rounding
     drop = mass_before >= p.unsqueeze(1)
     drop[:, 0] = False  # the best token always survives
-    return Slice(vals.masked_fill(drop, NEG_INF), ids)
+    return _Part(part.rows, part.vals.masked_fill(drop, NEG_INF), part.ids)
 
 
-def _rows(rows: list[int], n: int, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Selects `rows` of an [n, ...] tensor; all of them: the tensor itself (indexing copies, ~15 us)."""
-    if len(rows) == n:
-        return lambda t: t
-    idx = torch.tensor(rows, device=device)
-    return lambda t: t.index_select(0, idx)
+def _select(t: torch.Tensor, rows: list[int]) -> torch.Tensor:
+    """Rows of t; all of them in order: t itself (indexing copies, ~15 us for a 49k row)."""
+    if rows == list(range(t.shape[0])):
+        return t
+    return t.index_select(0, torch.tensor(rows, device=t.device))
 
 
 def _best(logits: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:

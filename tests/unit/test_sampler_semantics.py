@@ -227,3 +227,18 @@ def test_inverse_cdf_draws_follow_the_weights_and_skip_zeros(vocab: int) -> None
     assert float(((observed - expected) ** 2 / expected).sum()) < 24.32  # 0.999 quantile, 7 dof
     edge = draw(w.float().unsqueeze(0), torch.tensor([1.0 - 2 ** -24]))  # the largest uniform below 1
     assert float(w[edge]) > 0
+
+
+def test_each_row_of_a_mixed_batch_keeps_its_own_cut() -> None:
+    """top_k rows, top_p rows of small and large nuclei, and untruncated rows in one batch: each
+    row's draws stay in its own support (the truncated rows are drawn from slices of their own width)."""
+    flat = torch.zeros(1, 3000)  # a top-p 0.5 nucleus of 1500 tokens: wider than the other slices
+    lg = torch.cat([log_probs(PROBS, 3000), log_probs(PROBS, 3000), flat, log_probs(PROBS, 3000)])
+    kinds = [{"top_k": 2}, {"top_p": 0.6}, {"top_p": 0.5}, {}]
+    n = 300
+    rows_ = [row(f"r{j}-{i}", temperature=1.0, **kinds[i]) for j in range(n) for i in range(4)]
+    toks = Sampler(seed=3)(lg.repeat(n, 1), rows_)
+    seen = [{t.token_id for t in toks[i::4]} for i in range(4)]
+    assert seen[0] == {0, 1} and seen[1] == {0, 1}
+    assert len(seen[2]) > 100 and max(seen[2]) < 3000
+    assert {0, 1, 2, 3} <= seen[3]  # untruncated
