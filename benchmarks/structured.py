@@ -6,8 +6,10 @@ B in --batches, B copies of one request, unconstrained vs every request constrai
 grammar completes or max_tokens). Runs alternate (the machine's load drifts).
 
   * output tok/s = output tokens / wall time of the step loop, aggregate over the batch;
-  * mask cost = time spent filling bitmasks (on the mask thread) per constrained token, in us, and
-    how much of it the forward pass hid (the engine waits only for what is left when sampling).
+  * mask cost = time spent filling bitmasks per constrained token, in us (the sampler checks each
+    constrained token first and fills a row's mask only when the grammar refuses the token, or before
+    sampling for rows that truncate, want logprobs or verify drafts: serve/sampling/constraints.py);
+  * masked rows = the share of constrained rows that needed a full mask.
 
     python -m benchmarks.structured --threads 2 --reps 3 --batches 1 32 --out 2026-11-30-structured
 """
@@ -24,10 +26,10 @@ from typing import Any
 
 from benchmarks.machine import git_commit, machine_info
 from benchmarks.machine_load import measured_load
-from serve.engine import structured_masks
 from serve.engine.engine import LLMEngine
 from serve.model_store import model_path
 from serve.sampling_params import SamplingParams
+from serve.structured import rows as grammar_rows
 from serve.structured.spec import StructuredSpec
 
 _RESULTS = Path(__file__).parent / "results"
@@ -37,23 +39,25 @@ PROMPT = ("<|im_start|>user\nList forty fruits and vegetables as a JSON array of
 
 
 class FillTimer:
-    """Wraps the engine's mask filling to add up the seconds it takes (on the mask thread)."""
+    """Wraps the grammar's mask filling to add up the seconds it takes and the rows it fills."""
 
     def __init__(self) -> None:
         self.seconds = 0.0
-        self._orig = structured_masks._fill
+        self.rows = 0
+        self._orig = grammar_rows.fill_rows
 
     def __enter__(self) -> FillTimer:
-        def timed(plan: Any, bitmask: Any) -> None:
+        def timed(matcher: Any, drafts: list[int], bitmask: Any, row0: int) -> None:
             t0 = time.perf_counter()
-            self._orig(plan, bitmask)
+            self._orig(matcher, drafts, bitmask, row0)
             self.seconds += time.perf_counter() - t0
+            self.rows += 1 + len(drafts)
 
-        structured_masks._fill = timed
+        grammar_rows.fill_rows = timed
         return self
 
     def __exit__(self, *exc: object) -> None:
-        structured_masks._fill = self._orig
+        grammar_rows.fill_rows = self._orig
 
 
 def run_once(runner: Any, prompt: list[int], batch: int, max_tokens: int, constrained: bool) -> dict[str, float]:
@@ -69,7 +73,8 @@ def run_once(runner: Any, prompt: list[int], batch: int, max_tokens: int, constr
             tokens += sum(len(o.new_token_ids) for o in engine.step())
         wall = time.perf_counter() - t0
     return {"output_tokens": tokens, "wall_s": wall, "tok_s": tokens / wall,
-            "mask_us_per_token": fills.seconds / tokens * 1e6 if constrained else 0.0}
+            "mask_us_per_token": fills.seconds / tokens * 1e6 if constrained else 0.0,
+            "masked_row_share": fills.rows / tokens if constrained else 0.0}
 
 
 def compare(runner: Any, prompt: list[int], batch: int, args: argparse.Namespace) -> dict[str, Any]:
@@ -105,7 +110,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     result["machine"]["load"] = load
     for c in result["batches"]:
         print(f"batch {c['batch']:3d}  none {c['none']['tok_s']:7.1f} tok/s  structured {c['structured']['tok_s']:7.1f}"
-              f" tok/s  ratio {c['throughput_ratio']:.3f}  mask {c['structured']['mask_us_per_token']:.1f} us/token")
+              f" tok/s  ratio {c['throughput_ratio']:.3f}  mask {c['structured']['mask_us_per_token']:.1f} us/token"
+              f"  masked rows {c['structured']['masked_row_share']:.1%}")
     if args.out:
         out = _RESULTS / args.out
         out.mkdir(parents=True, exist_ok=True)

@@ -14,6 +14,7 @@ from serve import model_store
 from serve.cli_on_demand import add_on_demand_flags, model_configs, on_demand_config
 from serve.config import BACKENDS, DEFAULT_MODEL, POLICIES, ModelConfig, ReplicaSpec, ServerConfig
 from serve.limits import Limits
+from serve.sampling_params import LOGPROBS_MODES
 from serve.tenancy.keys import single_key
 
 
@@ -43,6 +44,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--upstream-api-key", default=None, help="remote backend: bearer token for the upstream")
     p.add_argument("--option", "-o", action="append", default=[], metavar="KEY=VALUE",
                    help="backend option, repeatable (e.g. n_parallel=8, dtype=bfloat16)")
+    p.add_argument("--logprobs-mode", default=None, choices=LOGPROBS_MODES,
+                   help="what returned logprobs describe (vLLM's flag): raw_logprobs (default), the model's own "
+                        "distribution before bias, penalties, temperature and truncation; processed_logprobs, "
+                        "the distribution the token was drawn from (native, llamacpp and vllm backends)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument("--no-ui", dest="ui", action="store_false", default=None, help="do not serve the web UI at /")
     add_on_demand_flags(p)
@@ -62,6 +67,17 @@ def _add_limit_flags(p: argparse.ArgumentParser) -> None:
 def _limit_flags(args: argparse.Namespace) -> dict[str, Any]:
     return {f.name: getattr(args, f"limit_{f.name}", None) for f in dataclasses.fields(Limits)
             if getattr(args, f"limit_{f.name}", None) is not None}
+
+
+def _backend_options(args: argparse.Namespace, backend: str | None = None) -> dict[str, Any]:
+    """The replicas' options: `--option` pairs, plus the flags that are backend options."""
+    options = _parse_options(args.option)
+    mode = getattr(args, "logprobs_mode", None)
+    if mode is not None:
+        if backend == "remote":
+            raise ValueError("--logprobs-mode is the upstream server's setting, not the remote backend's")
+        options["logprobs_mode"] = mode
+    return options
 
 
 def _parse_options(items: list[str]) -> dict[str, Any]:
@@ -108,9 +124,11 @@ def build_config(args: argparse.Namespace) -> ServerConfig:
     if args.config:
         from serve.config_file import load_config
 
+        if getattr(args, "logprobs_mode", None) is not None:
+            raise ValueError("with --config, set logprobs_mode in the replicas' options")
         return load_config(args.config, {**overrides, "limits": _limit_flags(args)})
     if overrides["on_demand"] is not None:
-        models = model_configs(args, _parse_options(args.option), auto_backend)
+        models = model_configs(args, _backend_options(args, args.backend), auto_backend)
         return ServerConfig(models=models, limits=Limits(**_limit_flags(args)),
                             **{k: v for k, v in overrides.items() if v is not None})
     model = args.model[0] if args.model else DEFAULT_MODEL
@@ -120,7 +138,7 @@ def build_config(args: argparse.Namespace) -> ServerConfig:
         if backend == "auto":
             backend = auto_backend(path)
     spec = ReplicaSpec(backend=backend, model=model, url=args.url, api_key=args.upstream_api_key,
-                       options=_parse_options(args.option))
+                       options=_backend_options(args, backend))
     name = args.served_model_name or model_store.served_name(model)
     mc = ModelConfig(name=name, replicas=(spec,) * args.replicas, policy=args.policy,
                      max_outstanding=args.max_outstanding)

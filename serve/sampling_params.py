@@ -7,6 +7,10 @@ from dataclasses import dataclass, field
 
 from serve.structured.spec import StructuredSpec
 
+# What logprobs describe, a server setting (vLLM's --logprobs-mode): the model's raw distribution
+# (default) or the processed one the token was drawn from. serve/sampling/logprobs.py says exactly.
+LOGPROBS_MODES = ("raw_logprobs", "processed_logprobs")
+
 
 class ParamError(ValueError):
     """A request parameter is invalid. `param` names it for the OpenAI error envelope."""

@@ -20,8 +20,9 @@ from serve.backends.base import (
 from serve.backends.llamacpp_spec import SPEC_OPTION_TYPES, spec_config_from_options
 from serve.backends.merge import merge
 from serve.config import ReplicaSpec
+from serve.sampling_params import LOGPROBS_MODES
 
-_OPTION_TYPES = {"n_parallel": int, "n_ctx_per_seq": int, "n_batch": int, "n_threads": int}
+_OPTION_TYPES = {"n_parallel": int, "n_ctx_per_seq": int, "n_batch": int, "n_threads": int, "logprobs_mode": str}
 _KNOWN = {**_OPTION_TYPES, **SPEC_OPTION_TYPES}
 
 
@@ -33,6 +34,9 @@ class LlamaCppBackend:
         if unknown:
             raise ValueError(f"unknown llamacpp option(s): {', '.join(sorted(unknown))}; "
                              f"known: {', '.join(_KNOWN)}")
+        mode = spec.options.get("logprobs_mode", LOGPROBS_MODES[0])
+        if mode not in LOGPROBS_MODES:
+            raise ValueError(f"unknown logprobs_mode {mode!r}; choose one of: {', '.join(LOGPROBS_MODES)}")
         self.spec_config = spec_config_from_options(spec.options)  # bad speculative keys fail now
         self.spec = spec
         self.engine: Any = None

@@ -3,15 +3,15 @@
 Every step packs decode tokens of running sequences and prompt chunks of new ones (chunked prefill,
 bounded by `n_batch`) into a single `llama_decode`. With prompt-lookup speculation on, a decoding
 sequence also submits the drafts proposed from its own prompt and output, logits for every row, and
-`_verify` keeps the accepted prefix and removes the rest from the slot's KV. A new request takes the free slot whose cached
+`_deliver` keeps the accepted prefix and removes the rest from the slot's KV. A new request takes the free slot whose cached
 tokens share the longest prefix with its prompt and computes only the rest (per-slot prefix reuse,
 as llama-server does). The loop runs in its own thread; llama.cpp releases the GIL while it computes.
 """
 
 from __future__ import annotations
 
-import ctypes
 import importlib
+import itertools
 import logging
 import threading
 import time
@@ -19,16 +19,14 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from serve.backends.llamacpp_loader import load_llama_cpp
+from serve.backends.llamacpp_sampling import StepSampler, ToSample
 from serve.backends.llamacpp_spec import PromptLookupConfig, SpecState
 from serve.backends.llamacpp_vocab import common_prefix, cores, special_ids, token_piece
-from serve.backends.np_sampler import RowSampler
 from serve.backends.text_stream import TextStream
-from serve.sampling_params import SamplingParams
+from serve.engine.batch import SampledToken
+from serve.sampling_params import LOGPROBS_MODES, SamplingParams
 from serve.spec_decode.stats import SpecDecodeStats
-from serve.structured.bitmask import apply_bitmask_numpy
 from serve.structured.matcher import GrammarFactory, GrammarMatcher
 
 llama_cpp = load_llama_cpp()  # the portable build, CPU variant chosen for this machine
@@ -45,10 +43,13 @@ class LlamaCppOptions:
     n_batch: int = 512  # tokens per llama_decode (the step's token budget)
     n_threads: int | None = None  # default: every core
     spec: PromptLookupConfig | None = None  # prompt-lookup speculative decoding; None: off
+    logprobs_mode: str = "raw_logprobs"  # or "processed_logprobs" (serve/sampling/logprobs.py)
 
     def __post_init__(self) -> None:
         if self.n_parallel < 1 or self.n_ctx_per_seq < 16 or self.n_batch < self.n_parallel:
             raise ValueError("need n_parallel >= 1, n_ctx_per_seq >= 16 and n_batch >= n_parallel")
+        if self.logprobs_mode not in LOGPROBS_MODES:
+            raise ValueError(f"unknown logprobs_mode {self.logprobs_mode!r}; choose one of: {', '.join(LOGPROBS_MODES)}")
 
 
 @dataclass(frozen=True)
@@ -81,7 +82,8 @@ class Job:
     n_out: int = 0
     cached: int = 0
     queue_time: float = 0.0
-    sampler: RowSampler | None = None
+    key: str = ""  # the sampler's key for this job's state (its generator): req_id is shared by n samples
+    output: list[int] = field(default_factory=list)  # tokens emitted so far (penalties count them)
     text: TextStream | None = None
     spec: SpecState | None = None  # proposer history; None when this job does not speculate
     drafts: list[int] = field(default_factory=list)  # proposed for the coming step, after `pending`
@@ -113,7 +115,9 @@ class LlamaCppEngine:
         self.special_pieces = [token_piece(llama_cpp, self.model.vocab, t, True) for t in range(self.n_vocab)]
         self._grammars: GrammarFactory | None = None
         self._grammars_lock = threading.Lock()
-        self._mask: np.ndarray | None = None  # one bitmask row, reused: only the loop thread samples
+        self.sampling = StepSampler(self.ctx.get_logits_ith, self.n_vocab, opts.logprobs_mode,
+                                    lambda: self.grammar_factory().vocab_size)
+        self._keys = itertools.count()
         self.slot_tokens: list[list[int]] = [[] for _ in range(opts.n_parallel)]
         self.slot_used_at = [0.0] * opts.n_parallel
         self.slot_salt: list[str | None] = [None] * opts.n_parallel  # the salt of the slot's cached tokens
@@ -169,6 +173,7 @@ class LlamaCppEngine:
 
     # ---- engine thread ---------------------------------------------------------------------------
     def _loop(self) -> None:
+        self.sampling.run_on_this_thread()
         while True:
             with self._cv:
                 while not self._stop and not self.running and not self.waiting:
@@ -221,7 +226,7 @@ class LlamaCppEngine:
         self.slot_tokens[slot] = job.prompt[:common]
         job.slot, job.pos, job.cached, job.pending = slot, common, common, job.prompt[common:]
         job.queue_time = time.monotonic() - job.arrival
-        job.sampler = RowSampler(job.params, job.prompt, self.n_vocab, job.seed_offset)
+        job.key, job.output = f"{job.req_id}#{next(self._keys)}", []
         job.text = TextStream(job.params.stop)
         if self.opts.spec is not None and job.speculate and job.params.num_speculative_tokens != 0 \
                 and job.matcher is None:
@@ -255,11 +260,10 @@ class LlamaCppEngine:
                 wants.append((job, n - len(toks) if job.drafts else n - 1))
         b.n_tokens = n
         self.ctx.decode(self.batch)
-        for job, row in wants:
-            if job.drafts:
-                self._verify(job, row)
-            else:
-                self._sample(job, row)
+        sampled = self.sampling.sample([ToSample(job.key, job.params, job.prompt, job.output, job.seed_offset,
+                                                 row, job.drafts, job.matcher) for job, row in wants])
+        for (job, _), tokens in zip(wants, sampled, strict=True):
+            self._deliver(job, tokens)
 
     def _propose_drafts(self) -> None:
         """Prompt lookup for every decoding job that speculates, within the step's spare rows."""
@@ -278,45 +282,18 @@ class LlamaCppEngine:
             job.drafts = job.spec.propose(cfg, job.spec.draft_len(k) if cfg.adaptive else k)
             spare -= len(job.drafts)
 
-    def _logits(self, row: int) -> np.ndarray:
-        ptr = self.ctx.get_logits_ith(row)
-        return np.ctypeslib.as_array(ctypes.cast(ptr, ctypes.POINTER(ctypes.c_float)), shape=(self.n_vocab,))
-
-    def _sample(self, job: Job, row: int) -> None:
-        assert job.sampler is not None
-        logits = self._logits(row)
-        if job.matcher is not None:
-            logits = self._constrain(job.matcher, logits)
-        token, lp, top = job.sampler.sample(logits)
-        self._emit(job, token, lp, top, job.pos)
-
-    def _constrain(self, matcher: GrammarMatcher, raw: np.ndarray) -> np.ndarray:
-        """A masked copy of the row (llama.cpp owns `raw`). Logprobs are then those of the constrained
-        distribution, as vLLM reports them for structured output."""
-        factory = self.grammar_factory()
-        if self._mask is None:
-            self._mask = factory.new_bitmask(1)
-        matcher.fill_bitmask(self._mask, 0)
-        logits = raw.copy()
-        apply_bitmask_numpy(logits, self._mask[0])
-        return logits
-
-    def _verify(self, job: Job, row0: int) -> None:
-        """Rows row0.. hold the logits after the last token and after each draft. Emit tokens while
-        they match the drafts (then the first mismatch or the bonus token), exactly as the plain path
-        would have emitted them one per step; drop the KV of the rejected drafts."""
-        assert job.sampler is not None
+    def _deliver(self, job: Job, tokens: list[SampledToken]) -> None:
+        """Emit a step's tokens: one, or (verifying drafts) the accepted drafts and the first mismatch or
+        bonus token, exactly as the plain path would have emitted them one per step; drop the KV of
+        the rejected drafts."""
         drafts, job.drafts = job.drafts, []
-        first = job.pos - len(drafts) - 1  # position of the last sampled token, fed at row0
+        if not drafts:
+            self._emit(job, tokens[0], job.pos)
+            return
+        first = job.pos - len(drafts) - 1  # position of the last sampled token, fed at the first row
         accepted = 0
-        for i in range(len(drafts) + 1):
-            raw = self._logits(row0 + i)
-            if i < len(drafts):
-                token, lp, top = job.sampler.sample_against(raw, drafts[i])
-            else:
-                token, lp, top = job.sampler.sample(raw)
-            done = self._emit(job, token, lp, top, first + i + 1)
-            if done or i == len(drafts) or token != drafts[i]:
+        for i, tok in enumerate(tokens):
+            if self._emit(job, tok, first + i + 1) or i == len(tokens) - 1:
                 break
             accepted += 1
         keep = first + accepted + 1  # the last sampled token and the accepted drafts stay in the KV
@@ -328,10 +305,11 @@ class LlamaCppEngine:
         self.spec_stats.observe(job.req_id, len(drafts), accepted)
         self.spec_stats.last_step.clear()  # read by the native engine's adaptive k only; keep it empty
 
-    def _emit(self, job: Job, token: int, lp: float, top: list[tuple[int, float]], pos: int) -> bool:
+    def _emit(self, job: Job, sampled: SampledToken, pos: int) -> bool:
         """Deliver one sampled token; `pos` = tokens in the KV before it. True when the job finished."""
-        assert job.sampler is not None and job.text is not None
-        job.sampler.accept(token)
+        assert job.text is not None
+        token = sampled.token_id
+        job.output.append(token)
         if job.spec is not None:
             job.spec.append(token)
         job.n_out += 1
@@ -339,7 +317,7 @@ class LlamaCppEngine:
         is_stop_token = (token in self.eog and not p.ignore_eos) or token in p.stop_token_ids
         piece = b"" if is_stop_token else self.pieces[token]
         text = job.text.push(piece)
-        job.emit("token", (text, token, lp, top))
+        job.emit("token", (text, token, sampled.logprob or 0.0, list(sampled.top_logprobs)))
         self.slot_used_at[job.slot] = time.monotonic()
         grammar_done = False
         if job.matcher is not None and not is_stop_token:
@@ -358,6 +336,7 @@ class LlamaCppEngine:
 
     def _finish(self, slot: int, reason: str, detail: str = "") -> None:
         job = self.running.pop(slot)
+        self.sampling.forget(job.key)
         # Text held back for a possible stop string is released on every ending but an error: ending
         # on EOS must not drop a tail like "\n" that only looked like the start of a stop string.
         tail = job.text.flush() if (job.text and reason != "error") else ""

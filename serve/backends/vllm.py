@@ -29,6 +29,7 @@ from serve.config import ReplicaSpec
 KNOWN_OPTIONS = {
     "python", "dtype", "max_model_len", "quantization", "enable_prefix_caching", "speculative_config",
     "kv_cache_space_gib", "max_num_seqs", "max_num_batched_tokens", "start_timeout_s", "extra_args", "port",
+    "logprobs_mode",
     *("speculative_method", "num_speculative_tokens", "speculative_model", "speculative_quantization",
       "prompt_lookup_max", "prompt_lookup_min", "speculative_disable_by_batch_size"),
 }
@@ -102,6 +103,8 @@ def vllm_argv(python: str, model_dir: Path, served: str, port: int, o: dict[str,
     spec = speculative_config(o, model_dir)
     if spec:
         argv += ["--speculative-config", json.dumps(spec)]
+    if o.get("logprobs_mode"):
+        argv += ["--logprobs-mode", str(o["logprobs_mode"])]
     if o.get("extra_args"):
         argv += shlex.split(str(o["extra_args"]))
     return argv

@@ -9,7 +9,7 @@ offset `p % block_size`. Block ids run from 0 to `num_blocks - 1` of the runner'
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,10 +38,10 @@ class StepBatch:
     seqs: list[ScheduledSeq]
     # Requests finished or aborted since the last step: the runner drops per-request state (RNGs).
     finished_req_ids: list[str] = field(default_factory=list)
-    # Structured output: fills the allowed-token bitmask the runner allocates (one row per logits row,
-    # in batch order; rows it leaves alone allow everything). The runner calls it on a thread while
-    # the forward pass runs and joins before sampling. None: no constrained sequence in the step.
-    fill_masks: Callable[[Any], None] | None = None
+    # Structured output: the first logits row (in batch order) of each constrained sequence -> its
+    # grammar over its rows (serve/structured/rows.MatcherRows, the sampler's Constraint). The
+    # runner's sampler masks or checks those rows. None: no constrained sequence in the step.
+    grammars: Mapping[int, Any] | None = None
 
     @property
     def num_tokens(self) -> int:
@@ -51,7 +51,7 @@ class StepBatch:
 @dataclass(frozen=True)
 class SampledToken:
     token_id: int
-    logprob: float | None = None  # of the chosen token, under the processed distribution
+    logprob: float | None = None  # of the chosen token (serve/sampling/logprobs.py: raw or processed)
     top_logprobs: tuple[tuple[int, float], ...] = ()  # (token_id, logprob), best first
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from serve.sampling_params import LOGPROBS_MODES
 from serve.spec_decode.config import SpecDecodeConfig
 
 SCHEDULING_POLICIES = ("fcfs", "priority")
@@ -61,6 +62,7 @@ class EngineConfig:
     # min(max_graph_batch, max_num_seqs).
     cuda_graphs: bool = True
     max_graph_batch: int = 256
+    logprobs_mode: str = "raw_logprobs"  # or "processed_logprobs": what logprobs describe (serve/sampling)
     cache: CacheConfig = field(default_factory=CacheConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     speculative: SpecDecodeConfig = field(default_factory=SpecDecodeConfig)
@@ -76,6 +78,8 @@ class EngineConfig:
             raise ValueError(f"num_threads must be >= 1, got {self.num_threads}")
         if self.max_graph_batch < 1:
             raise ValueError(f"max_graph_batch must be >= 1, got {self.max_graph_batch}")
+        if self.logprobs_mode not in LOGPROBS_MODES:
+            raise ValueError(f"unknown logprobs_mode {self.logprobs_mode!r}; choose one of: {', '.join(LOGPROBS_MODES)}")
 
     @classmethod
     def from_options(cls, model_path: str, options: dict[str, Any]) -> EngineConfig:
@@ -101,7 +105,8 @@ class EngineConfig:
                 "num_threads": self.num_threads, "quantization": self.quantization,
                 "cuda_graphs": self.cuda_graphs,
                 # a decode step never holds more sequences than the scheduler batches
-                "max_graph_batch": min(self.max_graph_batch, self.scheduler.max_num_seqs)}
+                "max_graph_batch": min(self.max_graph_batch, self.scheduler.max_num_seqs),
+                "logprobs_mode": self.logprobs_mode}
 
 
 def _coerce(cls: type, name: str, value: Any) -> Any:

@@ -18,7 +18,7 @@ from serve.engine.detokenizer import IncrementalDetokenizer, make_decode
 from serve.engine.outputs import RequestOutput, make_output
 from serve.engine.request import Request, RequestRejected
 from serve.engine.scheduler import Scheduler
-from serve.engine.structured_masks import mask_filler
+from serve.engine.structured_masks import step_grammars
 from serve.sampling_params import ParamError, SamplingParams, check_params_ids, check_token_ids
 from serve.spec_decode.config import SpecDecodeConfig
 from serve.spec_decode.controller import SpecController
@@ -158,9 +158,9 @@ class LLMEngine:
             return []
         self.num_steps += 1
         faults.on_engine_step(self.num_steps)
-        fill = mask_filler(batch.seqs, self.scheduler.requests, lambda: self._grammars().vocab_size)
-        if fill is not None:
-            batch = dataclasses.replace(batch, fill_masks=fill)
+        grammars = step_grammars(batch.seqs, self.scheduler.requests, lambda: self._grammars().vocab_size)
+        if grammars is not None:
+            batch = dataclasses.replace(batch, grammars=grammars)
         failed: list[RequestOutput] = []
         try:
             result = self.runner.execute(batch)

@@ -24,11 +24,10 @@ from typing import Any
 import torch
 
 from serve.engine.kv_cache.manager import cdiv
+from serve.sampling import Sampler, SampleRow
 from serve.spec_decode.config import DRAFT_QUANT_PREFERENCE, SpecDecodeConfig
 from serve.spec_decode.proposer import ProposeInput
 from serve.worker.forward_context import build_context
-from serve.worker.logits_processing import sample_from_probs
-from serve.worker.sampler import Sampler, SampleRow
 
 log = logging.getLogger(__name__)
 DRAFT_SEED_OFFSET = 0x5DEECE66D  # the draft's generators must not replay the target's uniforms
@@ -157,14 +156,8 @@ class DraftModelProposer:
         rows = [SampleRow(i.req_id, i.params, i.token_ids[:i.num_prompt_tokens],
                           [*i.output_token_ids, *d], i.sample_index) for i, d in zip(inputs, drafts, strict=True)]
         with torch.inference_mode():
-            self.sampler.process(logits, rows)
-            chosen = logits.argmax(dim=-1).tolist()
-            sampled = [n for n, i in enumerate(inputs) if not i.params.greedy]
-            if sampled:
-                q = torch.softmax(logits[sampled], dim=-1)
-                u = torch.cat([self.sampler.draw_uniforms(rows[n], 1) for n in sampled])
-                for n, t, row in zip(sampled, sample_from_probs(q, u).tolist(), q, strict=True):
-                    chosen[n] = int(t)
-                    probs[n].append(row)
-        for d, t in zip(drafts, chosen, strict=True):
+            chosen, q = self.sampler.propose(logits, rows)
+        for d, p, t, row_q in zip(drafts, probs, chosen, q, strict=True):
             d.append(t)
+            if row_q is not None:
+                p.append(row_q)

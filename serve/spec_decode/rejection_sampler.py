@@ -1,12 +1,6 @@
-"""Rejection sampling of draft tokens: the output follows the target distribution exactly.
-
-For draft tokens d_0..d_{k-1} drawn from q_0..q_{k-1} and the target's processed distributions
-p_0..p_k (p_j predicts the token after d_{j-1}, with every sampling transform applied for that
-position's own output prefix): accept d_j with probability min(1, p_j(d_j) / q_j(d_j)); at the first
-rejection draw the replacement from normalise(max(p_j - q_j, 0)) and stop; when all k are accepted
-draw a bonus token from p_k. Each emitted token is then distributed exactly as p (Leviathan et al.,
-2023; Chen et al., 2023). Deterministic drafts (n-gram lookup, a greedy draft) are a point mass q:
-accept with probability p_j(d_j), and the residual is p_j with d_j removed.
+"""The native engine's verification of sampled speculating sequences: the shared sampler's `verify`
+(serve/sampling), given each sequence's drafts and, from a draft model, the q they were drawn from.
+The rule itself, exact for any draft distribution, is serve/sampling/rejection.py.
 
 Greedy requests never come here: the runner's argmax per row, compared with the drafts by the
 scheduler, is exact argmax matching.
@@ -14,68 +8,29 @@ scheduler, is exact argmax matching.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 
 from serve.engine.batch import SampledToken, ScheduledSeq
+from serve.sampling import DraftGroup, Sampler, SampleRow
+from serve.sampling.constraints import Constraint
 from serve.spec_decode.proposer import DraftProbs
-from serve.worker.logits_processing import sample_from_probs
-from serve.worker.sampler import Sampler, SampleRow
-
-
-def rejection_sample(target_probs: torch.Tensor, draft_ids: torch.Tensor, draft_probs: torch.Tensor | None,
-                     uniforms: torch.Tensor) -> list[int]:
-    """Verify k drafts of one request; returns the accepted drafts plus one corrected/bonus token.
-
-    target_probs: [k + 1, V] float32, rows summing to 1; draft_ids: [k] int64;
-    draft_probs: [k, V] float32 (None: point mass on each draft); uniforms: [k + 1] in [0, 1)
-    (k for the accept tests, the last one for the replacement draw).
-    """
-    k = draft_ids.shape[0]
-    pos = torch.arange(k, device=target_probs.device)
-    p_d = target_probs[pos, draft_ids]
-    q_d = draft_probs[pos, draft_ids] if draft_probs is not None else torch.ones_like(p_d)
-    # u < p / q without a division (q_d == 0 cannot be drawn; it then accepts whenever p_d > 0).
-    rejected = torch.nonzero(uniforms[:k] * q_d >= p_d)
-    n = int(rejected[0, 0]) if rejected.numel() else k
-    if n == k:
-        dist = target_probs[k]
-    elif draft_probs is None:
-        dist = target_probs[n].clone()
-        dist[draft_ids[n]] = 0.0
-    else:
-        dist = (target_probs[n] - draft_probs[n]).clamp_(min=0.0)
-    if float(dist.sum()) <= 0.0:  # only by rounding (p == q): then rejection had probability 0
-        dist = target_probs[n]
-    token = int(sample_from_probs(dist.unsqueeze(0), uniforms[k:k + 1])[0])
-    return draft_ids[:n].tolist() + [token]
 
 
 class RejectionSampler:
-    """Verifies the sampled (temperature > 0) speculating sequences of one step, batched transforms."""
-
     def __init__(self, sampler: Sampler, draft_probs: DraftProbs | None = None) -> None:
         self.sampler = sampler
         self.draft_probs = draft_probs  # set by the engine when a draft model proposes
 
-    def __call__(self, logits: torch.Tensor, rows: Sequence[SampleRow], seqs: Sequence[ScheduledSeq]
-                 ) -> dict[str, list[SampledToken]]:
-        """logits: [sum(num_logits), V] float32, the rows of `seqs` in order (modified in place)."""
-        self.sampler.process(logits, rows)
-        probs = torch.softmax(logits, dim=-1)
-        out: dict[str, list[SampledToken]] = {}
-        start = 0
+    def __call__(self, logits: torch.Tensor, rows: Sequence[SampleRow], seqs: Sequence[ScheduledSeq],
+                 constraints: Mapping[int, Constraint] | None = None) -> dict[str, list[SampledToken]]:
+        """logits: [sum(num_logits), V] float32, the rows of `seqs` in order (modified in place);
+        constraints: grammars by each sequence's first row among these."""
+        groups = []
         for s in seqs:
-            m = s.num_logits
-            k = m - 1
-            drafts = torch.tensor(s.token_ids[-k:], dtype=torch.int64, device=logits.device)
+            k = s.num_logits - 1
             q = self.draft_probs.draft_probs(s.req_id) if self.draft_probs is not None else None
-            if q is not None:
-                q = q[:k].to(logits.device)
-            u = self.sampler.draw_uniforms(rows[start], m)
-            tokens = rejection_sample(probs[start:start + m], drafts, q, u)
-            n = len(tokens)
-            out[s.req_id] = self.sampler.with_logprobs(logits[start:start + n], rows[start:start + n], tokens)
-            start += m
-        return out
+            groups.append(DraftGroup(s.token_ids[-k:], q))
+        tokens = self.sampler.verify(logits, rows, groups, constraints)
+        return {s.req_id: t for s, t in zip(seqs, tokens, strict=True)}

@@ -23,8 +23,9 @@ Tokenize = Callable[[bytes], list[int]]
 class GrammarMatcher:
     """The parse state of one sequence. Not thread-safe: one sequence is advanced by one thread."""
 
-    def __init__(self, inner: Any) -> None:
+    def __init__(self, inner: Any, eos_ids: Sequence[int] = ()) -> None:
         self._m = inner  # llguidance.LLMatcher
+        self.eos_ids = frozenset(eos_ids)  # what the mask allows once the grammar is complete
         self.accepted = 0  # tokens accepted and not rolled back
 
     def fill_bitmask(self, bitmask: Any, row: int) -> None:
@@ -49,6 +50,30 @@ class GrammarMatcher:
         checked this way: consuming a refused token would leave the matcher in error for good)."""
         return int(self._m.validate_tokens(tokens)) if tokens else 0
 
+    def forced(self) -> int | None:
+        """The one token the next mask allows, when known without filling it: where the grammar
+        forces text, llguidance's mask allows only the first token of its canonical tokenization."""
+        if self._m.is_error():
+            return None
+        if self._m.is_stopped():
+            return next(iter(self.eos_ids)) if len(self.eos_ids) == 1 else None
+        if not self._m.compute_ff_bytes():  # ~0.4 us; the tokens below cost ~6 us
+            return None
+        ff = self._m.compute_ff_tokens()
+        return int(ff[0]) if ff else None
+
+    def confirms(self, token: int) -> bool:
+        """True only when the next mask allows `token` (~2 us, against ~100 us for a mask). False when
+        it does not, or when only the mask can tell: forced text with no forced token, where
+        validate_tokens would also accept non-canonical spellings the mask leaves out."""
+        if self._m.is_error():
+            return False
+        if self._m.is_stopped():
+            return token in self.eos_ids
+        if self._m.compute_ff_bytes():
+            return token == self.forced()
+        return self.valid_prefix([token]) == 1
+
     def rollback(self, n: int) -> None:
         """Undo the last n accepted tokens (rejected speculative drafts)."""
         if n <= 0:
@@ -69,7 +94,7 @@ class GrammarMatcher:
 
     def fork(self) -> GrammarMatcher:
         """An independent copy at the same state (the n > 1 samples of one request)."""
-        twin = GrammarMatcher(self._m.deep_copy())
+        twin = GrammarMatcher(self._m.deep_copy(), self.eos_ids)
         twin.accepted = self.accepted
         return twin
 
@@ -120,7 +145,7 @@ class GrammarFactory:
                 self._cache[spec] = base
                 while len(self._cache) > self._cache_size:
                     self._cache.popitem(last=False)
-        return GrammarMatcher(base.deep_copy())
+        return GrammarMatcher(base.deep_copy(), self.eos_ids)
 
     def _compile(self, spec: StructuredSpec) -> Any:
         from llguidance import LLMatcher

@@ -9,18 +9,18 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from serve.engine.batch import RunnerOutput, ScheduledSeq, StepBatch
 from serve.models.loader import DTYPE_CHOICES, load_model, load_model_config, load_tokenizer
+from serve.sampling import LOGPROBS_MODES, Sampler, SampleRow
 from serve.spec_decode.rejection_sampler import RejectionSampler
 from serve.worker.cuda_graphs import Capture, DecodeGraphs, capture_sizes, graphs_unavailable
 from serve.worker.forward_context import build_context
-from serve.worker.grammar_masks import GrammarMasks
-from serve.worker.sampler import Sampler, SampleRow
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +42,11 @@ class RunnerConfig:
     # eager regardless). False: always eager, like vLLM's enforce_eager.
     cuda_graphs: bool = True
     max_graph_batch: int = 256  # largest decode batch captured; larger steps run eagerly
+    logprobs_mode: str = "raw_logprobs"  # or "processed_logprobs" (serve/sampling/logprobs.py)
 
     def __post_init__(self) -> None:
+        if self.logprobs_mode not in LOGPROBS_MODES:
+            raise ValueError(f"unknown logprobs_mode {self.logprobs_mode!r}; choose one of: {', '.join(LOGPROBS_MODES)}")
         if self.dtype not in DTYPE_CHOICES:
             raise ValueError(f"unknown dtype {self.dtype!r}; choose one of: {', '.join(DTYPE_CHOICES)}")
         if self.block_size < 1 or self.kv_cache_bytes < 1:
@@ -80,8 +83,7 @@ class ModelRunner:
         if self.tokenizer.eos_token_id is not None:
             eos.append(int(self.tokenizer.eos_token_id))
         self.eos_token_ids: tuple[int, ...] = tuple(dict.fromkeys(eos))
-        self.sampler = Sampler(self.device)
-        self._masks = GrammarMasks(self.device)
+        self.sampler = Sampler(self.device, logprobs_mode=cfg.logprobs_mode)
         self.rejection = RejectionSampler(self.sampler)  # sampled requests verifying drafts
         why_not = graphs_unavailable(cfg.cuda_graphs, self.device, self.model.backend)
         if why_not is not None:  # worth a line on CUDA only: elsewhere graphs never apply
@@ -141,33 +143,29 @@ class ModelRunner:
         self._validate(seqs)
         forward = self._prepare_forward(seqs)
         rows, sample_rows = self._logit_rows(seqs)
-        fill = batch.fill_masks
-        masks = self._masks.start(fill, len(rows), getattr(fill, "vocab_size", 0) or self.vocab_size) if fill else None
         with torch.inference_mode():
             hidden = forward()
             if not rows:
                 return RunnerOutput(sampled={s.req_id: [] for s in seqs})
             logits = self.model.compute_logits(hidden.index_select(0, torch.tensor(rows, device=self.device)))
-            if masks is not None:
-                self._masks.apply(logits, masks)
-            return RunnerOutput(sampled=self._sample(logits, seqs, sample_rows))
+            return RunnerOutput(sampled=self._sample(logits, seqs, sample_rows, batch.grammars or {}))
 
-    def _sample(self, logits: torch.Tensor, seqs: list[ScheduledSeq], rows: list[SampleRow]) -> dict[str, list]:
+    def _sample(self, logits: torch.Tensor, seqs: list[ScheduledSeq], rows: list[SampleRow],
+                grammars: Mapping[int, Any]) -> dict[str, list]:
         """Greedy and non-speculating rows: one token per row (the scheduler matches greedy rows against
-        the drafts). Sampled rows verifying drafts: the rejection sampler, accepted drafts + one token."""
+        the drafts). Sampled rows verifying drafts: the rejection sampler, accepted drafts + one token.
+        grammars: constrained sequences' grammars by their first row (the sampler masks or checks them)."""
         sampled: dict[str, list] = {s.req_id: [] for s in seqs}
         spec = {s.req_id for s in seqs if s.num_logits > 1 and not s.params.greedy}
-        if not spec:
-            plain = list(range(len(rows)))
-        else:
+        if spec:
             plain = [i for i, r in enumerate(rows) if r.req_id not in spec]
             verify = [i for i, r in enumerate(rows) if r.req_id in spec]
             sampled.update(self.rejection(logits[verify], [rows[i] for i in verify],
-                                          [s for s in seqs if s.req_id in spec]))
+                                          [s for s in seqs if s.req_id in spec], _subset(grammars, verify)))
             if not plain:
                 return sampled
-            logits, rows = logits[plain], [rows[i] for i in plain]
-        for row, tok in zip(rows, self.sampler(logits, rows), strict=True):
+            logits, rows, grammars = logits[plain], [rows[i] for i in plain], _subset(grammars, plain)
+        for row, tok in zip(rows, self.sampler(logits, rows, grammars), strict=True):
             sampled[row.req_id].append(tok)
         return sampled
 
@@ -205,3 +203,9 @@ class ModelRunner:
                 raise ValueError(f"request {s.req_id}: block id outside [0, {self.num_blocks})")
             if min(s.token_ids) < 0 or max(s.token_ids) >= self.vocab_size:
                 raise ValueError(f"request {s.req_id}: token id outside the vocabulary [0, {self.vocab_size})")
+
+
+def _subset(grammars: Mapping[int, Any], kept: list[int]) -> dict[int, Any]:
+    """Grammars re-keyed to their rows' positions in `kept` (a sequence's rows are kept together)."""
+    pos = {row: j for j, row in enumerate(kept)}
+    return {pos[row]: g for row, g in grammars.items() if row in pos}

@@ -213,6 +213,28 @@ def test_local_gguf_is_served_under_its_stem_with_flags(gguf: Path) -> None:
                                                                              "s3cret")
 
 
+def test_logprobs_mode_flag_is_a_backend_option(gguf: Path, tmp_path: Path) -> None:
+    from serve.backends.llamacpp import LlamaCppBackend
+
+    cfg = build_config(serve_args("--model", str(gguf), "--backend", "llamacpp", "--logprobs-mode", "processed_logprobs"))
+    (r,) = cfg.models[0].replicas
+    assert r.options == {"logprobs_mode": "processed_logprobs"}
+    LlamaCppBackend(r)  # a known option
+    from serve.backends.vllm import vllm_argv
+
+    argv = vllm_argv("py", gguf, "m", 1, {"logprobs_mode": "processed_logprobs"})  # vLLM's own flag
+    assert argv[argv.index("--logprobs-mode") + 1] == "processed_logprobs"
+    with pytest.raises(ValueError, match="logprobs_mode"):
+        LlamaCppBackend(ReplicaSpec(options={"logprobs_mode": "raw_logits"}))
+    with pytest.raises(SystemExit):  # argparse: not one of the modes
+        serve_args("--logprobs-mode", "raw_logits")
+    with pytest.raises(ValueError, match="upstream"):
+        build_config(serve_args("--backend", "remote", "--model", "m", "--url", "http://127.0.0.1:9/v1",
+                                "--logprobs-mode", "raw_logprobs"))
+    with pytest.raises(ValueError, match="replicas' options"):
+        build_config(serve_args("--config", str(write(tmp_path, "c.toml", TOML)), "--logprobs-mode", "raw_logprobs"))
+
+
 def test_served_model_name_flag(gguf: Path) -> None:
     cfg = build_config(serve_args("--model", str(gguf), "--served-model-name", "mine"))
     assert cfg.models[0].name == "mine"

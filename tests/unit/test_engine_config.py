@@ -15,6 +15,9 @@ def test_options_from_strings_are_typed_and_grouped() -> None:
     assert cfg.scheduler == SchedulerConfig(max_num_seqs=8, policy="priority")
     assert cfg.max_model_len is None and cfg.dtype == "float32"
     assert cfg.runner_kwargs()["block_size"] == 32 and cfg.runner_kwargs()["model_path"] == "m.gguf"
+    assert cfg.runner_kwargs()["logprobs_mode"] == "raw_logprobs"  # vLLM's default
+    processed = EngineConfig.from_options("m.gguf", {"logprobs_mode": "processed_logprobs"})
+    assert processed.runner_kwargs()["logprobs_mode"] == "processed_logprobs"
 
 
 @pytest.mark.parametrize(("options", "message"), [
@@ -28,6 +31,7 @@ def test_options_from_strings_are_typed_and_grouped() -> None:
     ({"dtype": "int3"}, "dtype"),
     ({"max_model_len": 1}, "max_model_len"),
     ({"kv_cache_bytes": 0}, "kv_cache_bytes"),
+    ({"logprobs_mode": "raw_logits"}, "logprobs_mode"),
 ])
 def test_bad_options_are_clear_errors(options: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from serve.backends.llamacpp_engine import Finished, Job, LlamaCppEngine, LlamaCppOptions
+from serve.engine.batch import SampledToken
 from serve.sampling_params import SamplingParams
 from tests.unit.model_fixtures import gguf_path
 
@@ -33,7 +34,7 @@ def _drive(engine: LlamaCppEngine, text: str, end_token: int | None, stop: tuple
         for tok in tokens:
             if 0 not in engine.running:
                 break
-            engine._emit(job, tok, 0.0, [], job.pos)
+            engine._emit(job, SampledToken(tok), job.pos)
         if 0 in engine.running:
             engine._finish(0, "abort")
     done = got[-1]

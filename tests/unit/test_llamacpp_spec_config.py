@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from serve.backends.llamacpp import LlamaCppBackend
 from serve.backends.llamacpp_spec import PromptLookupConfig, SpecState, spec_config_from_options
-from serve.backends.np_sampler import RowSampler, verify_point_draft
 from serve.config import ReplicaSpec
+from serve.sampling import DraftGroup, Sampler, SampleRow
+from serve.sampling.rejection import rejection_sample
 from serve.sampling_params import SamplingParams
 
 
@@ -80,13 +82,20 @@ def _target(logits: np.ndarray, temperature: float, top_k: int) -> np.ndarray:
     return p
 
 
+def _verify(sampler: Sampler, logits: np.ndarray, params: SamplingParams, drafts: list[int]) -> list[int]:
+    """What the llama.cpp engine runs for a speculating job: the shared sampler's verify over its rows."""
+    rows = [SampleRow("job", params, [], list(drafts[:j])) for j in range(len(drafts) + 1)]
+    lg = torch.from_numpy(np.tile(logits, (len(drafts) + 1, 1)))
+    return [t.token_id for t in sampler.verify(lg, rows, [DraftGroup(drafts)])[0]]
+
+
 @pytest.mark.parametrize("draft", [0, 3, 5])  # the likeliest token, a likely one, one cut by top_k
 def test_sampled_verify_preserves_the_target_distribution(draft: int) -> None:
     logits = np.array([2.0, 0.5, 1.0, 1.5, -1.0, -3.0], dtype=np.float32)
     params = SamplingParams(temperature=0.8, top_k=4, seed=1234)
-    sampler = RowSampler(params, [], vocab=6)
+    sampler = Sampler()
     n = 4_000
-    counts = np.bincount([sampler.sample_against(logits, draft)[0] for _ in range(n)], minlength=6)
+    counts = np.bincount([_verify(sampler, logits, params, [draft])[0] for _ in range(n)], minlength=6)
     target = _target(logits.astype(np.float64), 0.8, 4)
     support = target > 0
     assert counts[~support].sum() == 0  # a truncated draft is never emitted
@@ -100,18 +109,20 @@ def test_sampled_verify_preserves_the_target_distribution(draft: int) -> None:
 
 
 def test_point_draft_edge_cases() -> None:
-    rng = np.random.default_rng(0)
-    ids = np.array([4, 9, 2])
-    assert verify_point_draft(ids, np.array([1.0, 0.0, 0.0]), 4, rng) == 4  # certain draft
-    assert all(verify_point_draft(ids, np.array([1.0, 0.0, 0.0]), 7, rng) == 4 for _ in range(20))
-    assert all(verify_point_draft(ids, np.array([0.0, 0.5, 0.5]), 4, rng) in (9, 2) for _ in range(20))
+    certain = torch.tensor([[0.0, 0.0, 1.0, 0.0], [0.25] * 4])
+    u = torch.tensor([0.999, 0.5])
+    assert rejection_sample(certain, torch.tensor([2]), None, u)[0] == 2  # p(draft) = 1: always kept
+    assert rejection_sample(certain, torch.tensor([1]), None, u) == [2]  # p(draft) = 0: never kept
+    split = torch.tensor([[0.5, 0.0, 0.5, 0.0], [0.25] * 4])
+    for x in (0.0, 0.3, 0.7, 0.999):  # draft 0 rejected (u >= 0.5): the rest of p is token 2 alone
+        assert rejection_sample(split, torch.tensor([0]), None, torch.tensor([0.6, x])) == [2]
 
 
 def test_greedy_verify_is_the_argmax() -> None:
     logits = np.array([0.1, 3.0, 0.2], dtype=np.float32)
-    s = RowSampler(SamplingParams(temperature=0.0), [], vocab=3)
-    assert s.sample_against(logits, 1)[0] == 1
-    assert s.sample_against(logits, 2)[0] == 1
+    greedy = SamplingParams(temperature=0.0)
+    assert _verify(Sampler(), logits, greedy, [1]) == [1, 1]  # accepted, then the bonus token
+    assert _verify(Sampler(), logits, greedy, [2]) == [1]  # refused: the argmax instead
 
 
 def test_draft_length_follows_acceptance() -> None:

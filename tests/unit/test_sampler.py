@@ -1,4 +1,5 @@
-"""Sampler knobs on hand-made logits: each changes the distribution as defined; seeds reproduce."""
+"""Sampler knobs on hand-made logits: each changes the distribution as defined; seeds reproduce.
+Penalty tests read the processed distribution through processed_logprobs (what was sampled from)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,11 @@ import math
 import pytest
 import torch
 
+from serve.sampling import Sampler, SampleRow
 from serve.sampling_params import SamplingParams
-from serve.worker.sampler import Sampler, SampleRow
 
 V = 8
+PROCESSED = "processed_logprobs"
 
 
 def row(rid: str = "r", prompt: tuple[int, ...] = (), out: tuple[int, ...] = (), idx: int = 0, **kw) -> SampleRow:
@@ -61,7 +63,7 @@ def test_min_p_drops_tokens_below_fraction_of_max() -> None:
 def test_repetition_penalty_hf_semantics() -> None:
     lg = logits(2.0, -1.0, 1.5)
     r = row(temperature=0.0, repetition_penalty=2.0, prompt=(0,), out=(1,), logprobs=V - 1)
-    tok = Sampler()(lg.clone(), [r])[0]
+    tok = Sampler(logprobs_mode=PROCESSED)(lg.clone(), [r])[0]
     got = dict(tok.top_logprobs)
     processed = torch.tensor([1.0, -2.0, 1.5] + [-10.0] * (V - 3))  # 2/2, -1*2, unchanged
     ref = torch.log_softmax(processed, -1)
@@ -74,7 +76,7 @@ def test_frequency_and_presence_penalties_count_outputs_only() -> None:
     lg = logits(1.0, 1.0, 1.0)
     r = row(temperature=0.0, frequency_penalty=0.5, presence_penalty=0.25, prompt=(2, 2, 2), out=(0, 0, 1),
             logprobs=3)
-    tok = Sampler()(lg.clone(), [r])[0]
+    tok = Sampler(logprobs_mode=PROCESSED)(lg.clone(), [r])[0]
     processed = torch.tensor([1.0 - 1.0 - 0.25, 1.0 - 0.5 - 0.25, 1.0] + [-10.0] * (V - 3))
     ref = torch.log_softmax(processed, -1)
     assert tok.token_id == 2
@@ -89,15 +91,15 @@ def test_logit_bias_shifts_choice() -> None:
     assert f[0] == 0
 
 
-def test_logprobs_are_log_softmax_of_processed_distribution() -> None:
+def test_processed_logprobs_are_log_softmax_of_processed_distribution() -> None:
     lg = logits(2.0, 1.0, 0.0)
-    tok = Sampler()(lg.clone(), [row(temperature=0.0, logprobs=2)])[0]
+    tok = Sampler(logprobs_mode=PROCESSED)(lg.clone(), [row(temperature=0.0, logprobs=2)])[0]
     ref = torch.log_softmax(lg[0], -1)
     assert tok.token_id == 0 and math.isclose(tok.logprob, float(ref[0]), abs_tol=1e-6)
     assert [t for t, _ in tok.top_logprobs] == [0, 1]
     assert math.isclose(tok.top_logprobs[1][1], float(ref[1]), abs_tol=1e-6)
     # With top_k truncation the processed distribution renormalises over the kept tokens.
-    tok = Sampler(seed=1)(lg.clone(), [row(temperature=1.0, top_k=2, logprobs=3)])[0]
+    tok = Sampler(seed=1, logprobs_mode=PROCESSED)(lg.clone(), [row(temperature=1.0, top_k=2, logprobs=3)])[0]
     kept = torch.log_softmax(torch.tensor([2.0, 1.0]), -1)
     lp = dict(tok.top_logprobs)
     assert math.isclose(lp[0], float(kept[0]), abs_tol=1e-5) and set(lp) == {0, 1}  # dropped: not listed

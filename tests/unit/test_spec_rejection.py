@@ -11,9 +11,10 @@ from __future__ import annotations
 import torch
 
 from serve.engine.batch import ScheduledSeq
+from serve.sampling import Sampler, SampleRow
+from serve.sampling.rejection import rejection_sample
 from serve.sampling_params import SamplingParams
-from serve.spec_decode.rejection_sampler import RejectionSampler, rejection_sample
-from serve.worker.sampler import Sampler, SampleRow
+from serve.spec_decode.rejection_sampler import RejectionSampler
 
 CHI2_5DOF_999 = 20.52  # 0.999 quantile of the chi-square distribution with 5 degrees of freedom
 P0 = torch.tensor([0.40, 0.25, 0.15, 0.10, 0.07, 0.03])

@@ -1,6 +1,6 @@
 """The engine's side of structured output, with a FAKE matcher (the test is about which rows get
 filled from which grammar state, not about grammars): rows per sequence in batch order, verify rows
-walked through the drafts and rolled back, a refused draft ends the walk; and the runner's bitmask
+walked through the drafts and rolled back, a refused draft ends the walk; and the sampler's bitmask
 application keeps exactly the allowed tokens."""
 
 from __future__ import annotations
@@ -9,7 +9,8 @@ import torch
 
 from serve.engine.batch import ScheduledSeq
 from serve.engine.request import Request
-from serve.engine.structured_masks import mask_filler
+from serve.engine.structured_masks import step_grammars
+from serve.sampling.constraints import apply_masks
 from serve.sampling_params import SamplingParams
 from serve.structured.bitmask import apply_bitmask_torch
 
@@ -56,10 +57,12 @@ def test_rows_follow_the_batch_and_verify_rows_walk_the_drafts() -> None:
     m_a, m_c = PrefixMatcher([5, 6, 7, 8]), PrefixMatcher([40, 41])
     seqs = [seq("a", [9, 5, 6, 99], 4), seq("b", [3], 1), seq("mid", [1, 2, 3], 0), seq("c", [2, 40], 2)]
     reqs = {"a": request("a", m_a), "b": request("b", None), "mid": request("mid", None), "c": request("c", m_c)}
-    fill = mask_filler(seqs, reqs)
-    assert fill is not None
+    grammars = step_grammars(seqs, reqs, lambda: 64)
+    assert grammars is not None and sorted(grammars) == [0, 5]  # each sequence's first row
+    assert [g.num_rows for g in grammars.values()] == [4, 2]
     bitmask = torch.full((7, 2), -1, dtype=torch.int32)
-    fill(bitmask)
+    for row, g in grammars.items():
+        g.fill(bitmask, row)
     # a: rows 0-3 verify drafts [5, 6, 99]: states 0, 1, 2; draft 99 is refused, so row 3 stays open
     assert m_a.fills == [(0, 0), (1, 1), (2, 2)] and m_a.pos == 0
     # c: rows 5-6, one draft (40) accepted tentatively then rolled back
@@ -69,10 +72,14 @@ def test_rows_follow_the_batch_and_verify_rows_walk_the_drafts() -> None:
     apply_bitmask_torch(logits, bitmask)
     assert [int(torch.isfinite(r).nonzero().flatten()[0]) for r in logits[:3]] == [5, 6, 7]
     assert int(torch.isfinite(logits[0]).sum()) == 1 and bool(torch.isfinite(logits[4]).all())
+    # The sampler's own application of the same grammars (filling again from the rolled-back states).
+    again = torch.zeros(7, 64)
+    apply_masks(again, grammars)
+    assert torch.equal(torch.isfinite(again), torch.isfinite(logits))
 
 
 def test_no_constrained_sequence_means_no_filler() -> None:
-    assert mask_filler([seq("x", [1], 1)], {"x": request("x", None)}) is None
+    assert step_grammars([seq("x", [1], 1)], {"x": request("x", None)}, lambda: 64) is None
 
 
 def test_the_fast_cpu_mask_path_equals_unpacking_the_bits() -> None:

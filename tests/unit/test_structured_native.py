@@ -1,5 +1,5 @@
 """Structured outputs in the NATIVE engine on the bundled model (default target: GGUF through the CPU
-kernels), with grammar masks filled on a thread during the forward pass:
+kernels), grammar masks applied or checked by the shared sampler (serve/sampling/constraints.py):
 - the schema / regex / choice corpus validates at temperature 0 and 0.8 (also under n-gram speculation,
   where verify rows are masked per draft prefix and refused drafts never touch the matcher);
 - a constrained greedy request gives the same output alone and in a batch of 16 mixed constrained /
