@@ -14,6 +14,8 @@
     target_ongoing_requests = 2   # per replica, what the autoscaler steers towards
     max_ongoing_requests = 8      # per replica, before Serve queues at the caller
     prefix_tokens = 64            # prompt tokens that pick a replica under the prefix-affinity policy
+    prefix_max_imbalance = 4      # prefix-affinity: ongoing requests a prefix's replica may run above the
+                                  # least-loaded replica before that prefix spills over to another
 
 The engine replicas are built from the model's first `[[models.replicas]]` entry (backend, model,
 options); the model's `policy` picks the Serve request router.
@@ -37,6 +39,7 @@ class ClusterModel:
     target_ongoing_requests: float = 2.0
     max_ongoing_requests: int = 8
     prefix_tokens: int = 64
+    prefix_max_imbalance: int = 4
 
     def __post_init__(self) -> None:
         if self.replicas is not None and self.replicas < 1:
@@ -51,6 +54,8 @@ class ClusterModel:
             raise ValueError("cluster max_replicas must be >= 1")
         if self.target_ongoing_requests <= 0 or self.max_ongoing_requests < 1 or self.prefix_tokens < 1:
             raise ValueError("cluster target_ongoing_requests, max_ongoing_requests, prefix_tokens must be positive")
+        if self.prefix_max_imbalance < 0:
+            raise ValueError("cluster prefix_max_imbalance must be >= 0")
 
     @property
     def autoscaling(self) -> bool:

@@ -59,7 +59,9 @@ def engine_options(mc: ModelConfig, cm: ClusterModel, env: dict[str, str]) -> di
         opts["num_replicas"] = cm.replicas or len(mc.replicas)
     router = ROUTERS.get(mc.policy)
     if router is not None:
-        opts["request_router_config"] = RequestRouterConfig(request_router_class=router)
+        kwargs = {"max_imbalance": cm.prefix_max_imbalance} if mc.policy == "prefix-affinity" else {}
+        opts["request_router_config"] = RequestRouterConfig(request_router_class=router,
+                                                            request_router_kwargs=kwargs)
     return opts
 
 

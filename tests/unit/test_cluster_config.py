@@ -35,6 +35,7 @@ def test_cluster_table(tmp_path: Path) -> None:
     ({"models": {"smol": {"min_replicas": 3, "max_replicas": 2}}}, "min_replicas <= max_replicas"),
     ({"models": {"smol": {"replicas": 0}}}, "replicas must be >= 1"),
     ({"models": {"smol": {"gpus": 1}}}, "allows only"),
+    ({"models": {"smol": {"prefix_max_imbalance": -2}}}, "prefix_max_imbalance"),
 ])
 def test_bad_cluster_tables(table: dict, words: str) -> None:
     with pytest.raises(ValueError, match=words):
@@ -43,3 +44,18 @@ def test_bad_cluster_tables(table: dict, words: str) -> None:
 
 def test_defaults() -> None:
     assert ClusterConfig().engine == "ray" and ClusterConfig().address is None
+    m = ClusterModel()
+    assert m.prefix_max_imbalance >= 1
+
+
+def test_engine_options_pass_the_router_its_imbalance(tmp_path: Path) -> None:
+    pytest.importorskip("ray.serve")
+    from serve.cluster.deploy import engine_options
+
+    (tmp_path / "c.toml").write_text(BASE.replace('name = "smol"', 'name = "smol"\npolicy = "prefix-affinity"')
+                                     + '[cluster]\n[cluster.models.smol]\nprefix_max_imbalance = 3\n')
+    config = load_config(tmp_path / "c.toml")
+    opts = engine_options(config.models[0], config.cluster.model("smol"), {})
+    rc = opts["request_router_config"]
+    assert rc.request_router_class == "serve.cluster.routers.PrefixAffinityRouter"
+    assert rc.request_router_kwargs == {"max_imbalance": 3}
