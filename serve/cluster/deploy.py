@@ -99,8 +99,12 @@ def run_cluster(config: ServerConfig) -> int:
     import ray
     from ray import serve
 
-    ray.init(address=config.cluster.address, namespace="sluice", runtime_env={"env_vars": replica_env()},
-             include_dashboard=False if config.cluster.address is None else None, log_to_driver=True)
+    local = config.cluster.address is None
+    # "local", not None: None joins whatever cluster this machine last started (RAY_ADDRESS or Ray's
+    # session file), another user's included, and our shutdown below would then take theirs down.
+    ray.init(address="local" if local else config.cluster.address, namespace="sluice",
+             runtime_env={"env_vars": replica_env()}, include_dashboard=False if local else None,
+             log_to_driver=True)
     serve.start(proxy_location="HeadOnly", http_options={"host": config.host, "port": config.port})
     try:
         serve.run(build_application(config), name=APP, route_prefix="/")
@@ -108,7 +112,7 @@ def run_cluster(config: ServerConfig) -> int:
         _wait_for_signal()
     finally:
         serve.delete(APP)
-        if config.cluster.address is None:  # our own local Ray: take it down with us
+        if local:  # our own local Ray: take it down with us
             serve.shutdown()
             ray.shutdown()
     return 0
