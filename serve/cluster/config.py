@@ -16,9 +16,18 @@
     prefix_tokens = 64            # prompt tokens that pick a replica under the prefix-affinity policy
     prefix_max_imbalance = 4      # prefix-affinity: ongoing requests a prefix's replica may run above the
                                   # least-loaded replica before that prefix spills over to another
+    stream_interval_ms = 50       # engine -> ingress: the first event goes at once, later ones that come
+                                  # within this many ms of the last send go together (0: one per token)
 
 The engine replicas are built from the model's first `[[models.replicas]]` entry (backend, model,
 options); the model's `policy` picks the Serve request router.
+
+`stream_interval_ms` trades smoothness for CPU: every item of a Ray streaming generator costs about
+a millisecond of CPU over its two ends (measured on a 2-core box: 1.0-1.3 ms per token at one item
+per token, 0.1-0.2 ms at 50 ms), taken from the cores the engine decodes on. Coalescing keeps every
+event, in order, with its finish reason, usage and errors; a token waits at most this long; the first
+token (TTFT) never waits; a stream slower than one token per interval goes one per token as before.
+50 ms is also Ray Serve LLM's default for the same batching.
 """
 
 from __future__ import annotations
@@ -40,6 +49,7 @@ class ClusterModel:
     max_ongoing_requests: int = 8
     prefix_tokens: int = 64
     prefix_max_imbalance: int = 4
+    stream_interval_ms: float = 50.0
 
     def __post_init__(self) -> None:
         if self.replicas is not None and self.replicas < 1:
@@ -54,8 +64,8 @@ class ClusterModel:
             raise ValueError("cluster max_replicas must be >= 1")
         if self.target_ongoing_requests <= 0 or self.max_ongoing_requests < 1 or self.prefix_tokens < 1:
             raise ValueError("cluster target_ongoing_requests, max_ongoing_requests, prefix_tokens must be positive")
-        if self.prefix_max_imbalance < 0:
-            raise ValueError("cluster prefix_max_imbalance must be >= 0")
+        if self.prefix_max_imbalance < 0 or self.stream_interval_ms < 0:
+            raise ValueError("cluster prefix_max_imbalance and stream_interval_ms must be >= 0")
 
     @property
     def autoscaling(self) -> bool:

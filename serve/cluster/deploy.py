@@ -77,7 +77,7 @@ def build_application(config: ServerConfig) -> Any:
     for mc in config.models:
         cm = config.cluster.model(mc.name)
         engines.append(serve.deployment(EngineReplica).options(**engine_options(mc, cm, env))
-                       .bind(_engine_spec(mc, cm), cm.threads))
+                       .bind(_engine_spec(mc, cm), cm.threads, cm.stream_interval_ms / 1000))
     ingress = serve.deployment(SluiceIngress).options(
         name="ingress", num_replicas=1, max_ongoing_requests=10_000,  # our app admits by its own limits
         ray_actor_options={"num_cpus": config.cluster.ingress_num_cpus, "runtime_env": {"env_vars": env},

@@ -35,6 +35,7 @@ def test_cluster_table(tmp_path: Path) -> None:
     ({"models": {"smol": {"min_replicas": 3, "max_replicas": 2}}}, "min_replicas <= max_replicas"),
     ({"models": {"smol": {"replicas": 0}}}, "replicas must be >= 1"),
     ({"models": {"smol": {"gpus": 1}}}, "allows only"),
+    ({"models": {"smol": {"stream_interval_ms": -1}}}, "stream_interval_ms must be >= 0"),
     ({"models": {"smol": {"prefix_max_imbalance": -2}}}, "prefix_max_imbalance"),
 ])
 def test_bad_cluster_tables(table: dict, words: str) -> None:
@@ -45,7 +46,7 @@ def test_bad_cluster_tables(table: dict, words: str) -> None:
 def test_defaults() -> None:
     assert ClusterConfig().engine == "ray" and ClusterConfig().address is None
     m = ClusterModel()
-    assert m.prefix_max_imbalance >= 1
+    assert m.stream_interval_ms > 0 and m.prefix_max_imbalance >= 1
 
 
 def test_engine_options_pass_the_router_its_imbalance(tmp_path: Path) -> None:
