@@ -10,7 +10,7 @@ import sys
 from typing import Any
 
 from benchmarks import compare, offline, peers, quality
-from benchmarks.datasets import DATASETS, DatasetSpec
+from benchmarks.datasets import DATASETS, PREFIX_ORDERS, DatasetSpec
 from benchmarks.loadgen import LOADS, LoadSpec
 from benchmarks.slo import parse_slo
 from benchmarks.sweep import DEFAULT_CONCURRENCIES, SweepSpec, parse_values
@@ -61,6 +61,8 @@ def add_workload_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--prefix-len", type=int, default=1000, help="prefix: shared prefix tokens")
     g.add_argument("--num-prefixes", type=int, default=4, help="prefix: number of shared prefixes")
+    g.add_argument("--prefix-order", choices=PREFIX_ORDERS, default="cyclic",
+                   help="prefix: request i takes prefix i %% N (cyclic), or a seeded shuffle of those (random)")
     g.add_argument("--turns", type=int, default=4, help="multiturn: user turns per conversation")
     g.add_argument("--dataset-path", default=None, help='jsonl: file of {"prompt": ...} or {"turns": [...]}')
 
@@ -96,8 +98,8 @@ def serve_config(a: argparse.Namespace) -> Any:
                     timeout_s=a.timeout, extra_body=extra)
     dataset = DatasetSpec(name=a.dataset, num_requests=a.num_requests, input_len=a.input_len,
                           output_len=a.output_len, range_ratio=a.range_ratio, seed=a.seed,
-                          prefix_len=a.prefix_len, num_prefixes=a.num_prefixes, turns=a.turns,
-                          path=a.dataset_path)
+                          prefix_len=a.prefix_len, num_prefixes=a.num_prefixes, prefix_order=a.prefix_order,
+                          turns=a.turns, path=a.dataset_path)
     kind = "concurrency" if a.load == "sweep" else a.load
     load = LoadSpec(kind=kind, concurrency=a.concurrency, rate=a.rate, burstiness=a.burstiness,
                     duration_s=a.duration, max_concurrency=a.max_concurrency, seed=a.seed,

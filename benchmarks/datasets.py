@@ -16,6 +16,7 @@ from typing import Protocol
 from benchmarks.workload import Conversation, Turn
 
 DATASETS = ("random", "prefix", "multiturn", "jsonl")
+PREFIX_ORDERS = ("cyclic", "random")
 
 
 class Tok(Protocol):
@@ -34,6 +35,7 @@ class DatasetSpec:
     seed: int = 0
     prefix_len: int = 1000  # prefix: shared prefix tokens
     num_prefixes: int = 4  # prefix: distinct shared prefixes
+    prefix_order: str = "cyclic"  # prefix: request i takes prefix i % num_prefixes, or a seeded shuffle
     turns: int = 4  # multiturn: user turns per conversation
     path: str | None = None  # jsonl
 
@@ -48,6 +50,8 @@ class DatasetSpec:
             raise ValueError("--range-ratio must be in [0, 1)")
         if self.name == "prefix" and (self.prefix_len < 1 or self.num_prefixes < 1):
             raise ValueError("--prefix-len and --num-prefixes must be >= 1")
+        if self.prefix_order not in PREFIX_ORDERS:
+            raise ValueError(f"--prefix-order must be one of: {', '.join(PREFIX_ORDERS)}")
         if self.name == "multiturn" and self.turns < 1:
             raise ValueError("--turns must be >= 1")
         if self.name == "jsonl" and not self.path:
@@ -83,9 +87,20 @@ def build(spec: DatasetSpec, tok: Tok | None) -> list[Conversation]:
         return [_single(spec, tok, rng, pool, i, "") for i in range(spec.num_requests)]
     if spec.name == "prefix":
         prefixes = [exact_text(tok, rng, pool, spec.prefix_len)[0] for _ in range(spec.num_prefixes)]
-        return [_single(spec, tok, rng, pool, i, prefixes[i % spec.num_prefixes])
-                for i in range(spec.num_requests)]
+        return [_single(spec, tok, rng, pool, i, prefixes[k]) for i, k in enumerate(prefix_indices(spec))]
     return _multiturn(spec, tok, rng, pool)
+
+
+def prefix_indices(spec: DatasetSpec) -> list[int]:
+    """Which prefix each request of the `prefix` workload takes. cyclic: 0, 1, .., n-1, 0, 1, .. (a
+    round-robin router over a divisor of n replicas then sees each prefix on one replica only);
+    random: the same counts (every prefix used, as evenly as the request count allows) shuffled by a
+    generator of its own, seeded from `seed`: the prefix texts and each request's suffix are drawn
+    exactly as for cyclic, only which prefix goes with which request changes."""
+    cyclic = [i % spec.num_prefixes for i in range(spec.num_requests)]
+    if spec.prefix_order == "random":
+        random.Random(f"prefix-order:{spec.seed}").shuffle(cyclic)
+    return cyclic
 
 
 def _single(spec: DatasetSpec, tok: Tok, rng: random.Random, pool: Sequence[int], i: int,

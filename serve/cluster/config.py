@@ -17,9 +17,20 @@
     look_back_period_s = 30       # the window Serve averages ongoing requests over (Serve's default)
     max_ongoing_requests = 8      # per replica, before Serve queues at the caller
     prefix_tokens = 64            # prompt tokens that pick a replica under the prefix-affinity policy
+    prefix_max_imbalance = 4      # prefix-affinity: ongoing requests a prefix's replica may run above the
+                                  # least-loaded replica before that prefix spills over to another
+    stream_interval_ms = 50       # engine -> ingress: the first event goes at once, later ones that come
+                                  # within this many ms of the last send go together (0: one per token)
 
 The engine replicas are built from the model's first `[[models.replicas]]` entry (backend, model,
 options); the model's `policy` picks the Serve request router.
+
+`stream_interval_ms` trades smoothness for CPU: every item of a Ray streaming generator costs about
+a millisecond of CPU over its two ends (measured on a 2-core box: 1.0-1.3 ms per token at one item
+per token, 0.1-0.2 ms at 50 ms), taken from the cores the engine decodes on. Coalescing keeps every
+event, in order, with its finish reason, usage and errors; a token waits at most this long; the first
+token (TTFT) never waits; a stream slower than one token per interval goes one per token as before.
+50 ms is also Ray Serve LLM's default for the same batching.
 """
 
 from __future__ import annotations
@@ -44,6 +55,8 @@ class ClusterModel:
     upscale_delay_s: float | None = None
     downscale_delay_s: float | None = None
     look_back_period_s: float | None = None
+    prefix_max_imbalance: int = 4
+    stream_interval_ms: float = 50.0
 
     def __post_init__(self) -> None:
         if self.replicas is not None and self.replicas < 1:
@@ -62,6 +75,8 @@ class ClusterModel:
             raise ValueError("cluster upscale_delay_s and downscale_delay_s must be >= 0")
         if self.look_back_period_s is not None and self.look_back_period_s <= 0:
             raise ValueError("cluster look_back_period_s must be positive")
+        if self.prefix_max_imbalance < 0 or self.stream_interval_ms < 0:
+            raise ValueError("cluster prefix_max_imbalance and stream_interval_ms must be >= 0")
 
     @property
     def autoscaling(self) -> bool:

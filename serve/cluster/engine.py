@@ -1,20 +1,23 @@
 """One of our backends as a Ray Serve replica (the engine deployment's body).
 
 Plain class, no Ray import: deploy.py turns it into a deployment with the model's resources. What
-crosses the actor boundary is our own frozen dataclasses (GenerateRequest in; Delta, Usage or a
-Failure out), pickled by Ray. A BackendError is sent as a Failure event rather than raised, so the
-ingress re-raises the same class with the same status (Ray would wrap it in a RayTaskError).
+crosses the actor boundary is our own frozen dataclasses (GenerateRequest in; lists of Delta, Usage
+or a Failure out, batched by coalesce.py), pickled by Ray. A BackendError is sent as a Failure event
+rather than raised, so the ingress re-raises the same class with the same status (Ray would wrap it
+in a RayTaskError).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from serve.backends.base import BackendError, GenerateRequest, ModelInfo, StreamEvent
 from serve.backends.registry import create_backend
+from serve.cluster.coalesce import coalesce
 from serve.config import ReplicaSpec
 from serve.telemetry import tracing
 
@@ -43,8 +46,9 @@ class Failure:
 class EngineReplica:
     """Serve calls these methods through a DeploymentHandle; `generate` streams."""
 
-    async def __init__(self, spec: ReplicaSpec, threads: int) -> None:
+    async def __init__(self, spec: ReplicaSpec, threads: int, stream_interval_s: float = 0.0) -> None:
         _limit_threads(threads)
+        self.stream_interval_s = stream_interval_s
         tracing.configure_from_env()
         self.backend = create_backend(spec)
         await self.backend.start()
@@ -67,18 +71,18 @@ class EngineReplica:
             raise RuntimeError("backend reports unhealthy")
 
     async def generate(self, request: GenerateRequest, prefix_key: str = "",
-                       trace: dict[str, str] | None = None) -> AsyncIterator[StreamEvent | Failure]:
-        """`prefix_key` is read by the request router, not here. Cancellation (the ingress closed the
-        stream) closes the backend's generator, which aborts the request and frees its KV blocks."""
+                       trace: dict[str, str] | None = None) -> AsyncIterator[list[StreamEvent | Failure]]:
+        """Batches of events, in order (coalesce.py). `prefix_key` is read by the request router, not
+        here. Cancellation (the ingress closed the stream) closes the backend's generator, which
+        aborts the request and frees its KV blocks."""
         with tracing.span("engine generate", carrier=trace, **{"sluice.backend": self.backend.name}):
-            events = self.backend.generate(request)
             try:
-                async for event in events:
-                    yield event
+                async with contextlib.aclosing(coalesce(self.backend.generate(request),
+                                                        self.stream_interval_s)) as batches:
+                    async for batch in batches:
+                        yield batch
             except BackendError as e:
-                yield Failure.of(e)
-            finally:
-                await events.aclose()  # type: ignore[attr-defined]
+                yield [Failure.of(e)]
 
     async def __del__(self) -> None:
         """Serve's shutdown hook for a replica: pending generations end, the model is released."""

@@ -95,11 +95,12 @@ class RayBackend:
             stream = self.handle.options(stream=True).generate.remote(request, key, tracing.headers())
             started, done = False, False
             try:
-                async for event in stream:
-                    if isinstance(event, Failure):
-                        raise event.error()
-                    started = True
-                    yield event
+                async for batch in stream:  # lists of events (the engine coalesces them)
+                    for event in batch:
+                        if isinstance(event, Failure):
+                            raise event.error()
+                        started = True
+                        yield event
                 done = True
                 return
             except BackPressureError as e:

@@ -3,7 +3,7 @@ one CPU each), `sluice serve --config` with `[cluster] engine = "ray"`, and the 
 llama.cpp engine replicas (one thread, one slot, small context).
 
 Two models share the cluster so both routers run side by side: "pa" (prefix-affinity, our
-rendezvous router) and "rr" (round-robin), two engine replicas each at half a CPU. Requests go
+cache-aware router) and "rr" (round-robin), two engine replicas each at half a CPU. Requests go
 through our FastAPI ingress with the official openai client. The last test removes a node: a stream
 running there ends with an SSE error event and [DONE], requests after it go to the survivor, and
 Serve replaces the lost replica on the spare CPU.
@@ -117,12 +117,13 @@ def test_openai_client_through_the_ingress(ray_cluster) -> None:
     assert 'sluice:request_success_total{finished_reason="length",model="pa"}' in metrics
 
 
-def _misses(server: ServerProc, model: str) -> list[int]:
+def _misses(server: ServerProc, model: str, systems: tuple[str, ...] = (SYSTEM,)) -> list[int]:
+    """cached_tokens of each question, the system prompts taking turns."""
     client = _client(server)
     cached = []
-    for q in QUESTIONS:
+    for i, q in enumerate(QUESTIONS):
         r = client.chat.completions.create(model=model, max_tokens=2, temperature=0,
-                                           messages=[{"role": "system", "content": SYSTEM},
+                                           messages=[{"role": "system", "content": systems[i % len(systems)]},
                                                      {"role": "user", "content": q}])
         cached.append(r.usage.prompt_tokens_details.cached_tokens or 0)
     return cached
@@ -137,6 +138,15 @@ def test_prefix_affinity_keeps_a_prefix_on_one_replica(ray_cluster) -> None:
     hit = [c > 60 for c in pa]
     assert hit == [False] + [True] * 5, pa
     assert [c > 60 for c in rr] == [False, False] + [True] * 4, rr
+
+
+def test_prefix_affinity_puts_two_new_prefixes_on_different_replicas(ray_cluster) -> None:
+    """Two new heads taking turns: each replica has one slot, so only a 1-1 split hits after the
+    first two misses (both on one replica would evict each other every time)."""
+    _, server = ray_cluster
+    heads = tuple(f"{topic} {SYSTEM}" for topic in ("Garden tools.", "Kitchen scales."))
+    pa = _misses(server, "pa", heads)
+    assert [c > 60 for c in pa] == [False, False] + [True] * 4, pa
 
 
 def _replica_nodes(deployment: str) -> dict[str, str]:

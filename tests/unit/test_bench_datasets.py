@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections import Counter
+from dataclasses import replace
+
 import pytest
 
-from benchmarks.datasets import DatasetSpec, build
+from benchmarks.datasets import DatasetSpec, build, prefix_indices
 from benchmarks.tokenizer import TokenizerNotFound, load_tokenizer
 from tests.requirements import model_missing, requires
 
@@ -45,6 +48,32 @@ def test_prefix_groups_share_their_prefix(tok) -> None:  # noqa: ANN001
     head = [p[:300] for p in prompts]
     assert head[0] == head[2] == head[4] and head[1] == head[3] and head[0] != head[1]
     assert all(200 < len(tok.encode(p)) <= 220 for p in prompts)
+
+
+def test_random_prefix_order_is_seeded_uses_every_prefix_and_keeps_the_texts(tok) -> None:  # noqa: ANN001
+    spec = DatasetSpec("prefix", num_requests=24, input_len=8, prefix_len=40, num_prefixes=4, seed=5,
+                       prefix_order="random")
+    cyclic = [c.turns[0].prompt for c in build(replace(spec, prefix_order="cyclic"), tok)]
+    heads = sorted({p[:60] for p in cyclic})
+    order = [heads.index(c.turns[0].prompt[:60]) for c in build(spec, tok)]
+    again = [heads.index(c.turns[0].prompt[:60]) for c in build(spec, tok)]
+    assert order == again  # same seed, same order
+    assert sorted(Counter(order).values()) == [6, 6, 6, 6]  # every prefix, equally often
+    assert order != [order[i % 4] for i in range(24)]  # not a cycle any more
+    assert len(set(zip(order, prefix_indices(spec), strict=True))) == 4  # the prompts follow prefix_indices
+    assert prefix_indices(replace(spec, seed=6)) != prefix_indices(spec)  # and the seed decides it
+    # the suffixes are drawn as for cyclic: the same texts, paired with other prefixes
+    shuffled = [c.turns[0].prompt for c in build(spec, tok)]
+    assert {p[-20:] for p in shuffled} == {p[-20:] for p in cyclic}
+
+
+def test_prefix_order_defaults_to_cyclic_and_rejects_unknown_orders() -> None:
+    assert DatasetSpec("prefix").prefix_order == "cyclic"
+    assert prefix_indices(DatasetSpec("prefix", num_requests=6, num_prefixes=4)) == [0, 1, 2, 3, 0, 1]
+    picks = prefix_indices(DatasetSpec("prefix", num_requests=6, num_prefixes=4, prefix_order="random"))
+    assert sorted(picks) == [0, 0, 1, 1, 2, 3]
+    with pytest.raises(ValueError, match="--prefix-order"):
+        DatasetSpec("prefix", prefix_order="zigzag")
 
 
 def test_multiturn_counts_turns_as_requests(tok) -> None:  # noqa: ANN001

@@ -36,6 +36,8 @@ def test_cluster_table(tmp_path: Path) -> None:
     ({"models": {"smol": {"min_replicas": 3, "max_replicas": 2}}}, "min_replicas <= max_replicas"),
     ({"models": {"smol": {"replicas": 0}}}, "replicas must be >= 1"),
     ({"models": {"smol": {"gpus": 1}}}, "allows only"),
+    ({"models": {"smol": {"stream_interval_ms": -1}}}, "stream_interval_ms must be >= 0"),
+    ({"models": {"smol": {"prefix_max_imbalance": -2}}}, "prefix_max_imbalance"),
 ])
 def test_bad_cluster_tables(table: dict, words: str) -> None:
     with pytest.raises(ValueError, match=words):
@@ -44,6 +46,8 @@ def test_bad_cluster_tables(table: dict, words: str) -> None:
 
 def test_defaults() -> None:
     assert ClusterConfig().engine == "ray" and ClusterConfig().address is None
+    m = ClusterModel()
+    assert m.stream_interval_ms > 0 and m.prefix_max_imbalance >= 1
 
 
 def test_autoscaling_knobs_reach_serve() -> None:
@@ -62,6 +66,7 @@ def test_autoscaling_knobs_reach_serve() -> None:
     assert engine_options(mc, fast, {})["autoscaling_config"] == fast.autoscaling_config()
     assert "autoscaling_config" not in engine_options(mc, ClusterModel(replicas=2), {})
 
+
 @pytest.mark.parametrize("knobs, words", [
     ({"upscale_delay_s": -1}, "upscale_delay_s and downscale_delay_s must be >= 0"),
     ({"downscale_delay_s": -0.5}, "upscale_delay_s and downscale_delay_s must be >= 0"),
@@ -70,3 +75,16 @@ def test_autoscaling_knobs_reach_serve() -> None:
 def test_bad_autoscaling_knobs(knobs: dict, words: str) -> None:
     with pytest.raises(ValueError, match=words):
         ClusterModel(min_replicas=1, max_replicas=2, **knobs)
+
+
+def test_engine_options_pass_the_router_its_imbalance(tmp_path: Path) -> None:
+    require("ray", ray_missing())
+    from serve.cluster.deploy import engine_options
+
+    (tmp_path / "c.toml").write_text(BASE.replace('name = "smol"', 'name = "smol"\npolicy = "prefix-affinity"')
+                                     + '[cluster]\n[cluster.models.smol]\nprefix_max_imbalance = 3\n')
+    config = load_config(tmp_path / "c.toml")
+    opts = engine_options(config.models[0], config.cluster.model("smol"), {})
+    rc = opts["request_router_config"]
+    assert rc.request_router_class == "serve.cluster.routers.PrefixAffinityRouter"
+    assert rc.request_router_kwargs == {"max_imbalance": 3}
