@@ -35,7 +35,10 @@ def _key(pending: PendingRequest | None) -> str:
     return args[KEY_ARG] if len(args) > KEY_ARG and isinstance(args[KEY_ARG], str) else ""
 
 
-class PrefixAffinityRouter(FIFOMixin, RequestRouter):
+class PrefixAffinityRouter(RequestRouter):
+    """No FIFOMixin: with it, a replica picked for one request's prefix goes to whichever request has
+    waited longest, another prefix when several are pending; without, to the request it was picked for."""
+
     def initialize_state(self, max_imbalance: int = 4, **kwargs: Any) -> None:
         self.table = PrefixTable(max_imbalance=max_imbalance)
 
