@@ -83,6 +83,10 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[obje
         cluster.add_node(**node_args)
     cluster.wait_for_nodes()
     ray.init(address=cluster.address, namespace="sluice-test")
+    # Serve caches its controller client per process; one left by an earlier test file points at a
+    # cluster that is gone ("Can't find actor ... from a different cluster").
+    from ray.serve import context as serve_context
+    serve_context._set_global_client(None)
     tmp = tmp_path_factory.mktemp("ray")
     server = None
     try:

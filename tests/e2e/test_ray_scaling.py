@@ -106,6 +106,10 @@ def server(tmp_path_factory: pytest.TempPathFactory, collector: Any) -> Iterator
     else:
         address_file.write_text(before)
     ray.init(address=cluster.address, namespace="sluice-test")
+    # Serve caches its controller client per process; one left by an earlier test file points at a
+    # cluster that is gone ("Can't find actor ... from a different cluster").
+    from ray.serve import context as serve_context
+    serve_context._set_global_client(None)
     tmp = tmp_path_factory.mktemp("ray-scaling")
     path = tmp / "cluster.toml"
     path.write_text(CONFIG.replace("{address}", cluster.address))
