@@ -21,7 +21,7 @@ from typing import Any
 
 from ray.serve.request_router import FIFOMixin, PendingRequest, ReplicaID, RequestRouter, RunningReplica
 
-from serve.cluster.prefix_table import PrefixTable
+from serve.router.prefix_table import PrefixTable
 
 KEY_ARG = 1  # EngineReplica.generate(request, prefix_key, trace): where the key sits
 

@@ -6,6 +6,7 @@ import hashlib
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
+from serve.router.prefix_table import PrefixTable
 from serve.router.replica import Replica
 
 
@@ -36,29 +37,21 @@ class LeastOutstanding:
 
 
 class PrefixAffinity:
-    """Requests whose prompts share a head go to the same replica, so its prefix/KV cache is reused.
+    """Requests whose prompts share a head go to the replica that served that head, so its prefix/KV
+    cache is reused; new heads go to the replica holding the fewest, and a head whose replica runs
+    more than `max_imbalance` requests above the least-loaded one spills over (prefix_table.py has
+    the rules and why; the Ray request router uses the same table)."""
 
-    Rendezvous hashing over replica ids: a replica going down moves only its own prefixes. When the
-    preferred replica is far busier than the least-loaded one (by `max_imbalance` requests), the
-    request spills over, trading a cache hit for not queueing behind a hot prefix.
-    """
-
-    def __init__(self, max_imbalance: int = 8) -> None:
-        self.max_imbalance = max_imbalance
+    def __init__(self, max_imbalance: int = 4) -> None:
+        self.table = PrefixTable(max_imbalance=max_imbalance)
         self._fallback = LeastOutstanding()
 
     def choose(self, replicas: Sequence[Replica], prefix_key: str) -> Replica:
         if not prefix_key:
             return self._fallback.choose(replicas, prefix_key)
-        best = max(replicas, key=lambda r: _score(prefix_key, r.replica_id))
-        low = min(r.outstanding for r in replicas)
-        if best.outstanding - low > self.max_imbalance:
-            return self._fallback.choose(replicas, prefix_key)
-        return best
-
-
-def _score(key: str, replica_id: str) -> int:
-    return int.from_bytes(hashlib.blake2b(f"{replica_id}\x00{key}".encode(), digest_size=8).digest(), "big")
+        key = hashlib.blake2b(prefix_key.encode(), digest_size=16).hexdigest()  # bounded table memory
+        by_id = {r.replica_id: r for r in replicas}
+        return by_id[self.table.rank(key, {r.replica_id: r.outstanding for r in replicas})[0]]
 
 
 POLICIES: dict[str, Callable[[], Policy]] = {

@@ -1,7 +1,8 @@
-"""Cache-aware placement of prompt prefixes on engine replicas, with bounded load (no Ray import).
+"""Cache-aware placement of prompt prefixes on engine replicas, with bounded load: one table for both
+the single-process router (policy.py) and the Ray Serve request router (cluster/routers.py).
 
-The table remembers which replicas have served each prefix key (the hash of a prompt's first
-`prefix_tokens` tokens) and so hold its KV. A known key goes to the least-loaded of its replicas,
+The table remembers which replicas have served each prefix key (a hash of the prompt's head: its
+first `prefix_tokens` token ids on Ray, its first 1024 characters in one process) and so hold its KV. A known key goes to the least-loaded of its replicas,
 unless that one runs more than `max_imbalance` requests above the least-loaded replica of all: then
 it spills to the least-loaded replica, which becomes one of its holders too (a hot prefix spreads
 over as many replicas as its load needs). A new key goes to the replica holding the fewest keys while

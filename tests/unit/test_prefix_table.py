@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from serve.cluster.prefix_table import PrefixTable
+from serve.router.prefix_table import PrefixTable
 
 KEYS = [f"prefix-{i}" for i in range(4)]
 
