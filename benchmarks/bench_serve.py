@@ -37,6 +37,7 @@ class BenchConfig:
     tokenizer: str | None = None  # --tokenizer; None: derive from --model
     label: str = ""
     quiet: bool = False
+    server_pids: tuple[int, ...] = ()  # --server-pid: the server under test's CPU is not "other work"
     # Sweeps: each concurrency step sends max(num_requests, this x concurrency) conversations (0: off),
     # so high-concurrency steps reach a steady state instead of one wave.
     requests_per_concurrency: int = 0
@@ -121,7 +122,7 @@ async def bench(cfg: BenchConfig, command_line: list[str]) -> dict[str, Any]:
     progress = Progress(quiet=cfg.quiet)
     runs: list[dict[str, Any]] = []
     # Other work is measured before and during the steps, never from a post-run load average.
-    with measured_load() as other_work:
+    with measured_load(server_pids=cfg.server_pids) as other_work:
         async with make_client(_widest(steps)) as client:
             await _warmup(client, cfg, steps[0], tok, progress)
             for i, load in enumerate(steps):

@@ -48,6 +48,9 @@ def add_serve_parser(sub: Any) -> None:
     o.add_argument("--csv", default=None, help="per-request CSV path")
     o.add_argument("--label", default="", help="name of this run in reports (default: the model)")
     o.add_argument("--quiet", action="store_true", help="no progress bar")
+    o.add_argument("--server-pid", type=int, action="append", default=[], metavar="PID",
+                   help="the server under test (it and its child processes): its CPU is not counted as other "
+                        "work in the recorded machine load (repeatable)")
     p.set_defaults(func=run_serve)
 
 
@@ -110,7 +113,7 @@ def serve_config(a: argparse.Namespace) -> Any:
         raise ValueError("--warmup must be >= 0")
     return BenchConfig(target=target, dataset=dataset, load=load, sweep=sweep, warmup=a.warmup,
                        slo=parse_slo(a.slo), tokenizer=a.tokenizer, label=a.label, quiet=a.quiet,
-                       requests_per_concurrency=a.requests_per_concurrency)
+                       requests_per_concurrency=a.requests_per_concurrency, server_pids=tuple(a.server_pid))
 
 
 def run_serve(a: argparse.Namespace) -> int:

@@ -3,7 +3,9 @@
 A 1-minute load average read after a run counts the benchmark itself (a 2-thread server on 2 cores
 reads ~2 and looks "busy" on an otherwise empty machine), so it cannot say whether anything else
 competed. Here the benchmark's own process tree (this process and every descendant, which includes
-the server `sluice bench peers` starts) is subtracted from the machine's busy CPU time:
+the server `sluice bench peers` starts, plus the trees of any `server_pids` given: a server under test
+started elsewhere, e.g. `sluice bench serve --server-pid`) is subtracted from the machine's busy CPU
+time:
 
     other cores = (system busy seconds + steal seconds - own-tree CPU seconds) / wall seconds
 
@@ -44,10 +46,22 @@ def _busy_seconds() -> float:
     return sum(getattr(c, f, 0.0) for f in ("user", "nice", "system", "irq", "softirq", "steal"))
 
 
-def _own_tree() -> dict[int, float]:
-    me = psutil.Process()
+def _tree(root: psutil.Process) -> list[psutil.Process]:
+    try:
+        return [root, *root.children(recursive=True)]
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return []
+
+
+def _own_tree(server_pids: tuple[int, ...] = ()) -> dict[int, float]:
+    roots = [psutil.Process()]
+    for pid in server_pids:
+        try:
+            roots.append(psutil.Process(pid))
+        except psutil.NoSuchProcess:
+            continue
     out: dict[int, float] = {}
-    for p in [me, *me.children(recursive=True)]:
+    for p in (p for r in roots for p in _tree(r)):
         try:
             t = p.cpu_times()
         except (psutil.NoSuchProcess, psutil.AccessDenied):
@@ -56,8 +70,8 @@ def _own_tree() -> dict[int, float]:
     return out
 
 
-def tick() -> Tick:
-    return Tick(time.monotonic(), _busy_seconds(), _own_tree())
+def tick(server_pids: tuple[int, ...] = ()) -> Tick:
+    return Tick(time.monotonic(), _busy_seconds(), _own_tree(server_pids))
 
 
 def other_cores(a: Tick, b: Tick) -> float:
@@ -76,16 +90,16 @@ def classify(before: float, during_mean: float | None, cores: int) -> str:
 class _Sampler:
     """Samples other processes' CPU every `interval_s` on a daemon thread (the benchmark is asyncio)."""
 
-    def __init__(self, interval_s: float) -> None:
-        self.interval_s = interval_s
+    def __init__(self, interval_s: float, server_pids: tuple[int, ...] = ()) -> None:
+        self.interval_s, self.server_pids = interval_s, server_pids
         self.samples: list[float] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="machine-load", daemon=True)
 
     def _loop(self) -> None:
-        prev = tick()
+        prev = tick(self.server_pids)
         while not self._stop.wait(self.interval_s):
-            now = tick()
+            now = tick(self.server_pids)
             self.samples.append(round(other_cores(prev, now), 3))
             prev = now
 
@@ -98,11 +112,11 @@ class _Sampler:
         self._thread.join()
 
 
-def measure_before(seconds: float = BEFORE_S) -> dict[str, Any]:
-    a = tick()
+def measure_before(seconds: float = BEFORE_S, server_pids: tuple[int, ...] = ()) -> dict[str, Any]:
+    a = tick(server_pids)
     time.sleep(seconds)
-    return {"load_avg_1m": round(os.getloadavg()[0], 2), "other_cores": round(other_cores(a, tick()), 3),
-            "sample_s": seconds}
+    return {"load_avg_1m": round(os.getloadavg()[0], 2),
+            "other_cores": round(other_cores(a, tick(server_pids)), 3), "sample_s": seconds}
 
 
 def summarize(before: dict[str, Any], samples: list[float], interval_s: float, cores: int) -> dict[str, Any]:
@@ -114,14 +128,18 @@ def summarize(before: dict[str, Any], samples: list[float], interval_s: float, c
 
 
 @contextmanager
-def measured_load(before_s: float = BEFORE_S, interval_s: float = INTERVAL_S) -> Iterator[dict[str, Any]]:
+def measured_load(before_s: float = BEFORE_S, interval_s: float = INTERVAL_S,
+                  server_pids: tuple[int, ...] = ()) -> Iterator[dict[str, Any]]:
     """Measure other work for `before_s` seconds, then sample it while the body runs; the yielded dict
-    is filled in (summarize's shape) when the body ends. Store it as the result's machine["load"]."""
+    is filled in (summarize's shape) when the body ends. Store it as the result's machine["load"].
+    The process trees of `server_pids` count as the benchmark's own (the server under test)."""
     out: dict[str, Any] = {}
-    before = measure_before(before_s)
-    with _Sampler(interval_s) as s:
+    before = measure_before(before_s, server_pids)
+    with _Sampler(interval_s, server_pids) as s:
         yield out
     out.update(summarize(before, s.samples, interval_s, os.cpu_count() or 1))
+    if server_pids:
+        out["server_pids"] = list(server_pids)
 
 
 def load_text(machine: dict[str, Any]) -> str:

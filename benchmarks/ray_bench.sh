@@ -8,6 +8,7 @@
 # Run on an idle machine from anywhere:   bash benchmarks/ray_bench.sh [OUT_DIR]
 # OUT_DIR (default benchmarks/results/<today>-ray2) receives the engine configs, commands.sh (the
 # command line and commit that made it) and the result JSONs; the servers' logs go to /tmp/ray-bench-*.
+# Each bench is given the server's pid, so its recorded machine load counts only work outside the server.
 # Environment: SLUICE (the command, default .venv/bin/sluice), PORT (8301), N_PREFIX and N_C1 (request
 # counts; small ones make a smoke run).
 set -uo pipefail
@@ -57,7 +58,7 @@ engine_toml ray-one least-outstanding 1 1 2 "One engine replica on a local Ray, 
 wait_up() { for _ in $(seq 240); do curl -sf $URL/health >/dev/null && return 0; sleep 1; done; return 1; }
 bench() {  # LABEL OUT ARGS...: against the server started last, then stop it
   local label=$1 out=$2; shift 2
-  wait_up && $S bench serve --base-url $URL --model smol $TOK "$@" --label "$label" --out "$D/$out"
+  wait_up && $S bench serve --base-url $URL --model smol $TOK "$@" --label "$label" --out "$D/$out" --server-pid $pid
   kill -INT $pid; wait $pid
 }
 

@@ -3,13 +3,17 @@ and during a run (never a post-run load average), the dtype each stack ran, and 
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from benchmarks import results_index
-from benchmarks.machine_load import Tick, classify, load_text, measured_load, other_cores, summarize
+from benchmarks.machine_load import Tick, classify, load_text, measured_load, other_cores, summarize, tick
 from benchmarks.peers_table import dtype_text, stack_dtype
 
 
@@ -49,6 +53,28 @@ def test_wording_without_measurements_claims_neither_idle_nor_busy() -> None:
     text = load_text({"load_avg_1m": 2.45, "cores_logical": 2})
     assert text.startswith("load not measured") and "counts the benchmark itself" in text
     assert "idle" not in text and "busy" not in text
+
+
+def test_server_pids_trees_count_as_ours() -> None:
+    # A server started elsewhere: the shell exits at once, so its child (and grandchild) are no
+    # descendants of this process, like a `sluice serve` the benchmark did not start.
+    code = "import subprocess,sys,time; subprocess.Popen([sys.executable,'-c','import time; time.sleep(60)']); time.sleep(60)"
+    out = subprocess.run(["sh", "-c", f'"{sys.executable}" -c "{code}" >/dev/null 2>&1 & echo $!'],
+                         capture_output=True, text=True, check=True)
+    server = int(out.stdout.strip())
+    try:
+        deadline = time.monotonic() + 10
+        while len(tick((server,)).own_s) - len(tick().own_s) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)  # the grandchild starts a moment later
+        mine, with_server = tick().own_s, tick((server,)).own_s
+        assert server not in mine and server in with_server
+        assert len(with_server) - len(mine) == 2  # the server and its child
+        with measured_load(before_s=0.05, interval_s=0.05, server_pids=(server,)) as load:
+            time.sleep(0.1)
+        assert load["server_pids"] == [server]
+    finally:
+        for pid in tick((server,)).own_s.keys() - tick().own_s.keys():
+            os.kill(pid, signal.SIGKILL)
 
 
 def test_measured_load_samples_the_real_machine() -> None:
