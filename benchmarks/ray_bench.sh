@@ -4,13 +4,16 @@
 #     (1 thread, 2 slots each) on the `prefix` workload (4, then 6 prefixes of 1024 tokens), its
 #     prefixes in a seeded random order;
 #  2. the Ray path (one replica, 2 threads, engine events coalesced) vs the single-process server at
-#     c=1 on random 128/128 with ignore_eos.
+#     c=1 on random 128/128 with ignore_eos, in ROUNDS (3) rounds that alternate which goes first: the
+#     machine's speed drifts by 10-15% over minutes, more than the overhead being measured.
+# Then benchmarks/ray_summary.py writes summary.json: the TTFT ratios and the overhead per round and
+# its median.
 # Run on an idle machine from anywhere:   bash benchmarks/ray_bench.sh [OUT_DIR]
 # OUT_DIR (default benchmarks/results/<today>-ray2) receives the engine configs, commands.sh (the
 # command line and commit that made it) and the result JSONs; the servers' logs go to /tmp/ray-bench-*.
 # Each bench is given the server's pid, so its recorded machine load counts only work outside the server.
 # Environment: SLUICE (the command, default .venv/bin/sluice), PORT (8301), N_PREFIX and N_C1 (request
-# counts; small ones make a smoke run).
+# counts; small ones make a smoke run), ROUNDS, PARTS ("prefix c1": which parts to run).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 D=${1:-benchmarks/results/$(date +%F)-ray2}
@@ -20,9 +23,11 @@ URL=http://127.0.0.1:$PORT
 export HF_HUB_OFFLINE=1
 TOK="--tokenizer $(ls ~/.cache/sluice/models/smollm2-135m-instruct/*.gguf)"
 mkdir -p "$D"
-cat > "$D/commands.sh" <<CMD
+PARTS=${PARTS:-prefix c1}
+ROUNDS=${ROUNDS:-3}
+cat >> "$D/commands.sh" <<CMD
 # Made at commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown) by:
-SLUICE="$S" PORT=$PORT N_PREFIX=${N_PREFIX:-64} N_C1=${N_C1:-24} bash benchmarks/ray_bench.sh $D
+SLUICE="$S" PORT=$PORT N_PREFIX=${N_PREFIX:-64} N_C1=${N_C1:-24} ROUNDS=$ROUNDS PARTS="$PARTS" bash benchmarks/ray_bench.sh $D
 CMD
 
 engine_toml() {  # NAME POLICY REPLICAS NUM_CPUS THREADS COMMENT
@@ -68,6 +73,7 @@ bench() {  # LABEL OUT ARGS...: against the server started last, then stop it
 # Hence the second workload, 6 prefixes: affinity 3 per replica, round-robin 6. Expected hits out of
 # 64 (seed 7, a replay of the slots' LRU): 4 prefixes 60 vs 31, 6 prefixes 37 vs 24.
 for np in 4 6; do
+  [[ " $PARTS " == *" prefix "* ]] || break
   PREFIX="--dataset prefix --prefix-len 1024 --num-prefixes $np --prefix-order random --input-len 32 --output-len 16
     --num-requests ${N_PREFIX:-64} --load concurrency --concurrency 1 --warmup 4 --seed 7"
   for pol in prefix-affinity round-robin; do
@@ -78,8 +84,18 @@ done
 
 C1="--dataset random --input-len 128 --output-len 128 --ignore-eos --num-requests ${N_C1:-24} --load concurrency
   --concurrency 1 --warmup 2 --seed 7"
-$S serve --config "$D/ray-one.toml" > /tmp/ray-bench-one.log 2>&1 & pid=$!
-bench ray-one c1-ray.json $C1
-$S serve --backend llamacpp --port $PORT --served-model-name smol -o n_parallel=2 -o n_ctx_per_seq=2048 \
-  -o n_threads=2 > /tmp/ray-bench-single.log 2>&1 & pid=$!
-bench single-process c1-single.json $C1
+c1_ray() {
+  $S serve --config "$D/ray-one.toml" > /tmp/ray-bench-one.log 2>&1 & pid=$!
+  bench ray-one "c1-ray-r$1.json" $C1
+}
+c1_single() {
+  $S serve --backend llamacpp --port $PORT --served-model-name smol -o n_parallel=2 -o n_ctx_per_seq=2048 \
+    -o n_threads=2 > /tmp/ray-bench-single.log 2>&1 & pid=$!
+  bench single-process "c1-single-r$1.json" $C1
+}
+if [[ " $PARTS " == *" c1 "* ]]; then
+  for r in $(seq "$ROUNDS"); do
+    if (( r % 2 )); then c1_ray "$r"; c1_single "$r"; else c1_single "$r"; c1_ray "$r"; fi
+  done
+fi
+${PYTHON:-.venv/bin/python} -m benchmarks.ray_summary "$D"

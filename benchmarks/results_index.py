@@ -68,6 +68,15 @@ def _decode_figure(data: dict[str, Any]) -> str:
     return ", ".join(f"{v['label']} {v['decode_tok_s_median']}" for v in data["variants"]) + " tok/s (median)"
 
 
+def _ray_figure(data: dict[str, Any]) -> str:
+    prefix = ", ".join(f"{r['ttft_p50_ratio']:.1f}x with {r['prefixes']} prefixes" for r in data["prefix_routing"])
+    over = data["ray_overhead"]["median_pct"]
+    rounds = len(data["ray_overhead"]["rounds"])
+    c1 = (f"Ray c=1 overhead E2E p50 {over['e2e_ms_overhead_pct']:+.1f}%, throughput "
+          f"{over['throughput_overhead_pct']:+.1f}% (median of {rounds} rounds)") if over else "no c=1 rounds"
+    return f"prefix-affinity over round-robin TTFT p50 {prefix or '-'}; {c1}"
+
+
 def kind_and_figure(path: Path, data: dict[str, Any]) -> tuple[str, str | None]:
     """What one result file is, and its headline figure (None for files without one)."""
     if "stack" in data and data.get("runs"):
@@ -78,6 +87,8 @@ def kind_and_figure(path: Path, data: dict[str, Any]) -> tuple[str, str | None]:
         return "speculative decoding", _spec_figure(data)
     if path.stem.startswith("prefix-caching") and data.get("runs"):
         return "prefix caching", f"{path.stem.removeprefix('prefix-caching-')}: {_prefix_figure(data)}"
+    if "ray_summary" in data:
+        return "ray serve", _ray_figure(data)
     if "variants" in data and "steps" in data:
         return "quant decode", _decode_figure(data)
     if data.get("runs"):
