@@ -73,7 +73,7 @@ def _ray_figure(data: dict[str, Any]) -> str:
     over = data["ray_overhead"]["median_pct"]
     rounds = len(data["ray_overhead"]["rounds"])
     c1 = (f"Ray c=1 overhead E2E p50 {over['e2e_ms_overhead_pct']:+.1f}%, throughput "
-          f"{over['throughput_overhead_pct']:+.1f}% (median of {rounds} rounds)") if over else "no c=1 rounds"
+          f"{-over['throughput_overhead_pct']:+.1f}% (median of {rounds} rounds)") if over else "no c=1 rounds"
     return f"prefix-affinity over round-robin TTFT p50 {prefix or '-'}; {c1}"
 
 

@@ -31,7 +31,8 @@ def test_summary_reads_ratios_hits_and_round_medians(tmp_path: Path) -> None:
                                                  "ttft_ms_overhead_pct": 20.0, "throughput_overhead_pct": 10.0}
     assert out["machine"] == {"cpu_model": "test"}
     kind, figure = kind_and_figure(tmp_path / "summary.json", out)
-    assert kind == "ray serve" and "16.0x with 4 prefixes" in figure and "+10.0%" in figure and "3 rounds" in figure
+    assert kind == "ray serve" and "16.0x with 4 prefixes" in figure and "3 rounds" in figure
+    assert "E2E p50 +10.0%, throughput -10.0%" in figure
 
 
 def test_summary_without_overhead_rounds(tmp_path: Path) -> None:
