@@ -7,6 +7,10 @@ from dataclasses import dataclass, field
 
 from serve.structured.spec import StructuredSpec
 
+# Below this a temperature counts as 0 (greedy), vLLM's rule: logits / 1e-164 overflow to inf and
+# softmax turns them into NaN, which no draw can use.
+GREEDY_BELOW = 1e-5
+
 # What logprobs describe, a server setting (vLLM's --logprobs-mode): the model's raw distribution
 # (default) or the processed one the token was drawn from. serve/sampling/logprobs.py says exactly.
 LOGPROBS_MODES = ("raw_logprobs", "processed_logprobs")
@@ -24,7 +28,7 @@ class ParamError(ValueError):
 class SamplingParams:
     n: int = 1
     max_tokens: int | None = None  # None: up to the context limit
-    temperature: float = 1.0  # 0 means greedy
+    temperature: float = 1.0  # 0 (or below GREEDY_BELOW) means greedy
     top_p: float = 1.0
     top_k: int = 0  # 0 or -1: disabled
     min_p: float = 0.0
@@ -73,7 +77,7 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0.0
+        return self.temperature < GREEDY_BELOW
 
     @property
     def uses_penalties(self) -> bool:

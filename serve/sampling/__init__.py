@@ -4,7 +4,7 @@ Order per logits row (vLLM v1's), in float32:
 
   1. grammar mask (structured output): disallowed tokens -> -inf;
   2. logit_bias; 3. repetition, frequency and presence penalties;
-  4. temperature == 0: the argmax of that (greedy); otherwise
+  4. temperature == 0 (below 1e-5 counts as 0, as in vLLM): the argmax of that (greedy); otherwise
   5. temperature, 6. min_p (relative to the top probability of the whole distribution),
      7. top_k, 8. top_p (over the distribution renormalised after min_p and top_k), 9. one draw.
 

@@ -83,6 +83,20 @@ def test_top_k_one_and_greedy_are_the_argmax() -> None:
                                                        for i in range(40)])] == want
 
 
+@pytest.mark.parametrize("temperature", [9.98e-164, 1e-30, 9.9e-6])
+def test_a_vanishing_temperature_is_greedy(temperature: float) -> None:
+    """vLLM's rule: below 1e-5 is greedy. Dividing by 1e-164 overflows to inf and softmax to NaN,
+    which once sent a draw out of range and failed the whole step (a fuzzed request found it), at
+    a 49152-token vocabulary and at a small one, with and without truncation and logprobs."""
+    for width in (VOCAB, 49152):
+        lg = torch.from_numpy(np.random.default_rng(3).normal(0, 3, (6, width)).astype(np.float32))
+        want = lg.argmax(dim=-1).tolist()
+        kws: list[dict[str, Any]] = [{}, {"top_p": 0.9}, {"top_k": 5}, {"min_p": 0.1}, {"logprobs": 2}, {"seed": -105362}]
+        got = Sampler()(lg.clone(), [row(f"r{i}", temperature=temperature, **kw) for i, kw in enumerate(kws)])
+        assert [t.token_id for t in got] == want
+    assert SamplingParams(temperature=temperature).greedy and not SamplingParams(temperature=1e-5).greedy
+
+
 def test_top_p_slice_matches_a_full_sort() -> None:
     """Rows that need more than the first slices (64, 512 tokens) of a flat 5000-token distribution,
     next to top-k rows: the kept sets equal a full sort's. Each p lies midway between two cumulative
