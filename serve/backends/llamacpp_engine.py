@@ -260,10 +260,29 @@ class LlamaCppEngine:
                 wants.append((job, n - len(toks) if job.drafts else n - 1))
         b.n_tokens = n
         self.ctx.decode(self.batch)
-        sampled = self.sampling.sample([ToSample(job.key, job.params, job.prompt, job.output, job.seed_offset,
-                                                 row, job.drafts, job.matcher) for job, row in wants])
-        for (job, _), tokens in zip(wants, sampled, strict=True):
-            self._deliver(job, tokens)
+        rows = [ToSample(job.key, job.params, job.prompt, job.output, job.seed_offset, row, job.drafts,
+                         job.matcher) for job, row in wants]
+        for (job, _), tokens in zip(wants, self._sample(rows), strict=True):
+            if isinstance(tokens, Exception):
+                self._finish(job.slot, "error", f"sampling failed: {tokens}")
+            else:
+                self._deliver(job, tokens)
+
+    def _sample(self, rows: list[ToSample]) -> list[list[SampledToken] | Exception]:
+        """The step's rows in one batch; if that raises, each row alone, so that one request's bad row
+        fails that request and not every request of the step. Only draws taken before the failure
+        are lost (a seeded row's stream moves on by one); grammar matchers are only read here."""
+        try:
+            return list(self.sampling.sample(rows))
+        except Exception:  # noqa: BLE001 - narrowed to the failing rows below
+            log.exception("sampling %d rows failed; sampling them one at a time", len(rows))
+        out: list[list[SampledToken] | Exception] = []
+        for row in rows:
+            try:
+                out.append(self.sampling.sample([row])[0])
+            except Exception as e:  # noqa: BLE001 - this row's request ends with the error
+                out.append(e)
+        return out
 
     def _propose_drafts(self) -> None:
         """Prompt lookup for every decoding job that speculates, within the step's spare rows."""
