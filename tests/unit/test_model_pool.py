@@ -1,117 +1,23 @@
 """ModelPool (models on demand): the bookkeeping of loads, pins and unloads, driven through a real Router
-with fake backends. Time is a fake clock where the pool reads it (LRU order, idle time); waits that the
-pool bounds by asyncio (load timeout, waiting for room) use small real timeouts."""
+with fake backends (tests/unit/model_pool_fakes.py). Time is a fake clock where the pool reads it (LRU
+order, idle time); waits that the pool bounds by asyncio (waiting for room) use small real timeouts.
+Failed and timed-out loads: test_model_pool_failures.py."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
 
-import pytest
-
-from serve.backends.base import BackendUnavailable, Delta, GenerateRequest, ModelInfo, StreamEvent, Usage
-from serve.config import ModelConfig, OnDemandConfig, ReplicaSpec
-from serve.router.on_demand import ModelPool
-from serve.router.policy import make_policy
+from serve.backends.base import Delta, GenerateRequest
+from serve.config import OnDemandConfig
 from serve.router.replica import Replica
-from serve.router.router import ModelGroup, Router
 from serve.sampling_params import SamplingParams
-
-
-class FakeBackend:
-    """Fake backend: this test is about the pool's bookkeeping, not about models.
-
-    start() waits on `gate` when one is set (a slow or hung load) and raises while `fail_starts` > 0
-    (counting down); stop() waits on `stop_gate` when set. `starts`/`stops` count calls; `events` logs
-    "start"/"stop" in the order they completed."""
-
-    name = "fake"
-
-    def __init__(self, label: str) -> None:
-        self.label = label
-        self.gate: asyncio.Event | None = None
-        self.stop_gate: asyncio.Event | None = None
-        self.fail_starts = 0
-        self.starts = self.stops = 0
-        self.running = False
-        self.events: list[str] = []
-
-    @property
-    def info(self) -> ModelInfo:
-        return ModelInfo(max_model_len=128)
-
-    async def start(self) -> None:
-        self.starts += 1
-        if self.gate is not None:
-            await self.gate.wait()
-        if self.fail_starts:
-            self.fail_starts -= 1
-            raise RuntimeError(f"{self.label}: weights unreadable")
-        self.running = True
-        self.events.append("start")
-
-    async def stop(self) -> None:
-        self.stops += 1
-        if self.stop_gate is not None:
-            await self.stop_gate.wait()
-        self.running = False
-        self.events.append("stop")
-
-    async def check_health(self) -> bool:
-        return self.running
-
-    def generate(self, request: GenerateRequest) -> AsyncIterator[StreamEvent]:
-        return self._gen()
-
-    async def _gen(self) -> AsyncIterator[StreamEvent]:
-        for i in range(3):
-            yield Delta(0, f"{self.label}{i}")
-        yield Usage(prompt_tokens=1, completion_tokens=3)
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def make_pool(*labels: str, max_loaded: int = 0, idle_unload_s: float = 0.0, load_timeout_s: float = 5.0,
-              ) -> tuple[ModelPool, dict[str, FakeBackend], Clock]:
-    backends = {label: FakeBackend(label) for label in labels}
-    groups = [ModelGroup(ModelConfig(name=label, replicas=(ReplicaSpec(),)),
-                         [Replica(label, f"{label}/0:fake", b)],  # type: ignore[arg-type]
-                         make_policy("round-robin")) for label, b in backends.items()]
-    router = Router(groups)
-    clock = Clock()
-    pool = ModelPool(router, OnDemandConfig(max_loaded, idle_unload_s, load_timeout_s), clock=clock)
-    router.on_demand = pool
-    return pool, backends, clock
-
-
-def run(main: Callable[[], Awaitable[Any]]) -> Any:
-    return asyncio.run(asyncio.wait_for(main(), 10))  # a pool bug that hangs fails the test, not the run
-
-
-async def settle() -> None:
-    """Let every ready task run until it blocks (loads here never touch real I/O)."""
-    for _ in range(20):
-        await asyncio.sleep(0)
-
-
-def states(pool: ModelPool) -> dict[str, str]:
-    return {name: s.state.value for name, s in pool.slots.items()}
-
-
-async def use(pool: ModelPool, name: str, clock: Clock | None = None, at: float | None = None) -> None:
-    """One whole request to `name`: acquire, then release (at clock time `at`)."""
-    group = pool.router.groups[name]
-    await pool.acquire(group)
-    if clock is not None and at is not None:
-        clock.now = at
-    pool.release(group)
+from tests.unit.model_pool_fakes import (
+    make_pool,
+    run,
+    settle,
+    states,
+    use,
+)
 
 
 def test_nothing_loaded_until_first_request_then_stays_loaded() -> None:
@@ -201,20 +107,6 @@ def test_pinned_for_the_whole_stream_through_the_router() -> None:
     run(main)
 
 
-def test_waiting_for_room_gives_up_at_the_load_timeout() -> None:
-    async def main() -> None:
-        pool, b, _ = make_pool("a", "b", max_loaded=1, load_timeout_s=0.1)
-        await pool.acquire(pool.router.groups["a"])
-        with pytest.raises(BackendUnavailable, match="did not load within 0.1 s|waiting for room"):
-            await pool.acquire(pool.router.groups["b"])
-        assert pool.slots["b"].pinned == 0
-        await asyncio.sleep(0.1)  # the load itself gives up at its deadline too: no place kept waiting
-        assert states(pool) == {"a": "loaded", "b": "unloaded"} and not pool.slots["b"].room
-        assert b["b"].starts == 0 and b["a"].stops == 0
-
-    run(main)
-
-
 def test_several_models_waiting_for_room_are_each_served_in_turn() -> None:
     async def main() -> None:
         pool, b, _ = make_pool("a", "b", "c", max_loaded=1, load_timeout_s=2.0)
@@ -270,53 +162,6 @@ def test_request_during_unload_reloads_after_the_stop() -> None:
     run(main)
 
 
-def test_load_failure_is_a_503_and_the_next_request_retries() -> None:
-    async def main() -> None:
-        pool, b, _ = make_pool("a", "b", max_loaded=1)
-        b["a"].fail_starts = 1
-        with pytest.raises(BackendUnavailable, match="model 'a' could be started"):
-            await pool.acquire(pool.router.groups["a"])
-        assert states(pool)["a"] == "unloaded" and pool.slots["a"].pinned == 0 and pool.slots["a"].loads == 0
-        assert b["a"].stops == 1  # whatever it half-loaded is released
-        await use(pool, "b")  # the failed load did not keep the only place
-        await use(pool, "a")
-        assert states(pool) == {"a": "loaded", "b": "unloaded"} and b["a"].starts == 2
-
-    run(main)
-
-
-def test_load_failure_reaches_every_waiter_of_the_shared_load() -> None:
-    async def main() -> None:
-        pool, b, _ = make_pool("a")
-        b["a"].gate, b["a"].fail_starts = asyncio.Event(), 1
-        waiters = [asyncio.create_task(pool.acquire(pool.router.groups["a"])) for _ in range(2)]
-        await settle()
-        b["a"].gate.set()
-        results = await asyncio.gather(*waiters, return_exceptions=True)
-        assert all(isinstance(r, BackendUnavailable) for r in results) and b["a"].starts == 1
-        assert pool.slots["a"].pinned == 0 and states(pool) == {"a": "unloaded"}
-
-    run(main)
-
-
-def test_load_timeout_answers_503_and_the_shared_load_carries_on() -> None:
-    async def main() -> None:
-        pool, b, _ = make_pool("a", load_timeout_s=0.05)
-        b["a"].gate = asyncio.Event()
-        with pytest.raises(BackendUnavailable, match="did not load within 0.05 s"):
-            await pool.acquire(pool.router.groups["a"])
-        assert pool.slots["a"].pinned == 0 and states(pool) == {"a": "loading"}
-        # The load is not cancelled (a backend's start runs in a thread that cancelling cannot stop);
-        # the next request joins it instead of starting a second one.
-        again = asyncio.create_task(pool.acquire(pool.router.groups["a"]))
-        await settle()
-        b["a"].gate.set()
-        await again
-        assert b["a"].starts == 1 and pool.slots["a"].loads == 1 and states(pool) == {"a": "loaded"}
-
-    run(main)
-
-
 def test_idle_loop_unloads_only_models_idle_long_enough() -> None:
     async def main() -> None:
         pool, b, clock = make_pool("a", "b", "c", idle_unload_s=0.02)  # the loop wakes every 5 ms
@@ -360,50 +205,3 @@ def test_state_info_and_metrics() -> None:
         assert samples[("sluice:model_loads_total", ("a",))] == 1.0
 
     run(main)
-
-
-class TokenizingBackend(FakeBackend):
-    """A fake with a toy tokenizer (one id per character) that only works while started."""
-
-    async def tokenize(self, text: str, add_special: bool = True, parse_special: bool = True) -> list[int]:
-        if not self.running:
-            raise BackendUnavailable(f"{self.label} is not running")
-        return [ord(c) for c in text]
-
-    async def detokenize(self, token_ids: list[int]) -> str:
-        if not self.running:
-            raise BackendUnavailable(f"{self.label} is not running")
-        return "".join(map(chr, token_ids))
-
-    @property
-    def info(self) -> ModelInfo:
-        return ModelInfo(max_model_len=128, vocab_size=256)
-
-
-def test_tokenize_and_detokenize_load_an_unloaded_model() -> None:
-    from fastapi.testclient import TestClient
-
-    from serve.api.app import create_app
-    from serve.config import ServerConfig
-
-    backends = {n: TokenizingBackend(n) for n in ("a", "b")}
-    configs = tuple(ModelConfig(name=n, replicas=(ReplicaSpec(),)) for n in backends)
-    router = Router.from_replicas(list(configs), {n: [Replica(n, f"{n}/0:fake", b)]  # type: ignore[arg-type]
-                                                  for n, b in backends.items()})
-    config = ServerConfig(models=configs, ui=False, health_interval_s=3600, on_demand=OnDemandConfig(max_loaded=1))
-    with TestClient(create_app(config, router)) as client:
-        pool = router.on_demand
-        assert pool is not None and states(pool) == {"a": "unloaded", "b": "unloaded"}
-        r = client.post("/tokenize", json={"model": "a", "prompt": "hi"})
-        assert r.status_code == 200, r.text
-        assert r.json()["tokens"] == [104, 105] and states(pool) == {"a": "loaded", "b": "unloaded"}
-        r = client.post("/detokenize", json={"model": "b", "tokens": [111, 107]})
-        assert r.status_code == 200 and r.json()["prompt"] == "ok", r.text
-        assert states(pool) == {"a": "unloaded", "b": "loaded"}  # --models-max 1: a made way
-        assert pool.slots["a"].pinned == pool.slots["b"].pinned == 0  # released after the answer
-        assert client.post("/tokenize", json={"model": "a"}).status_code == 400  # checked before any load
-        assert states(pool)["a"] == "unloaded"
-        backends["a"].fail_starts = 1
-        r = client.post("/tokenize", json={"model": "a", "prompt": "x"})
-        assert r.status_code == 503 and "model 'a' could be started" in r.text
-        assert pool.slots["a"].pinned == 0
