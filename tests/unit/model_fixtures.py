@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Iterator
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -19,6 +21,18 @@ def gguf_path() -> str:
     if not p.is_file():
         require("model", model_missing(MODEL))
     return str(p)
+
+
+def llamacpp_engine(**options: Any) -> Iterator[Any]:
+    """A real llama.cpp engine on the bundled GGUF, closed when done; for a fixture:
+    `yield from llamacpp_engine(n_parallel=2, n_ctx_per_seq=256, n_threads=1)`."""
+    from serve.backends.llamacpp_engine import LlamaCppEngine, LlamaCppOptions
+
+    eng = LlamaCppEngine(LlamaCppOptions(gguf_path(), **options))
+    try:
+        yield eng
+    finally:
+        eng.close()
 
 
 @functools.lru_cache(maxsize=2)

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from serve.backends.llamacpp_engine import Finished, Job, LlamaCppEngine, LlamaCppOptions, llama_cpp
+from serve.backends.llamacpp_engine import Finished, Job, LlamaCppEngine, llama_cpp
 from serve.backends.llamacpp_spec import PromptLookupConfig
 from serve.sampling_params import SamplingParams
-from tests.unit.model_fixtures import gguf_path
+from tests.unit.model_fixtures import llamacpp_engine
 
 pytestmark = pytest.mark.slow
 
@@ -49,9 +49,7 @@ class Run:
 @pytest.fixture(scope="module")
 def engine() -> Iterator[LlamaCppEngine]:
     cfg = PromptLookupConfig(num_speculative_tokens=4, prompt_lookup_max=4, prompt_lookup_min=1)
-    eng = LlamaCppEngine(LlamaCppOptions(gguf_path(), n_parallel=2, n_ctx_per_seq=1024, n_threads=1, spec=cfg))
-    yield eng
-    eng.close()
+    yield from llamacpp_engine(n_parallel=2, n_ctx_per_seq=1024, n_threads=1, spec=cfg)
 
 
 @pytest.fixture(scope="module")

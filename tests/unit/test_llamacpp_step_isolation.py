@@ -10,19 +10,17 @@ from collections.abc import Iterator, Sequence
 
 import pytest
 
-from serve.backends.llamacpp_engine import Finished, Job, LlamaCppEngine, LlamaCppOptions
+from serve.backends.llamacpp_engine import Finished, Job, LlamaCppEngine
 from serve.backends.llamacpp_sampling import ToSample
 from serve.sampling_params import SamplingParams
-from tests.unit.model_fixtures import gguf_path
+from tests.unit.model_fixtures import llamacpp_engine
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def engine() -> Iterator[LlamaCppEngine]:
-    eng = LlamaCppEngine(LlamaCppOptions(gguf_path(), n_parallel=2, n_ctx_per_seq=256, n_batch=64, n_threads=1))
-    yield eng
-    eng.close()
+    yield from llamacpp_engine(n_parallel=2, n_ctx_per_seq=256, n_batch=64, n_threads=1)
 
 
 class Run:

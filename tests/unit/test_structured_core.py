@@ -14,7 +14,7 @@ import torch
 from serve.structured.bitmask import allowed_numpy, apply_bitmask_numpy, apply_bitmask_torch
 from serve.structured.matcher import GrammarFactory, GrammarMatcher
 from serve.structured.spec import StructuredSpec
-from tests.unit.model_fixtures import gguf_path
+from tests.unit.model_fixtures import gguf_path, llamacpp_engine
 
 pytestmark = pytest.mark.slow
 
@@ -31,11 +31,7 @@ def hf_tok():  # noqa: ANN201 - a transformers tokenizer
 
 @pytest.fixture(scope="module")
 def engine() -> Iterator[object]:
-    from serve.backends.llamacpp_engine import LlamaCppEngine, LlamaCppOptions
-
-    eng = LlamaCppEngine(LlamaCppOptions(gguf_path(), n_parallel=1, n_ctx_per_seq=64, n_threads=1))
-    yield eng
-    eng.close()
+    yield from llamacpp_engine(n_parallel=1, n_ctx_per_seq=64, n_threads=1)
 
 
 @pytest.fixture(scope="module", params=["hf", "gguf"])

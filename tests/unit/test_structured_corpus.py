@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 import jsonschema
 import pytest
 
-from serve.backends.llamacpp_engine import Finished, Job, LlamaCppEngine, LlamaCppOptions
+from serve.backends.llamacpp_engine import Finished, Job, LlamaCppEngine
 from serve.sampling_params import SamplingParams
 from serve.structured.spec import StructuredSpec
 from tests.data.structured_schemas import CHOICES, REGEXES, SCHEMAS
-from tests.unit.model_fixtures import gguf_path
+from tests.unit.model_fixtures import llamacpp_engine
 
 pytestmark = pytest.mark.slow
 
@@ -46,9 +46,7 @@ class Out:
 
 @pytest.fixture(scope="module")
 def engine() -> Iterator[LlamaCppEngine]:
-    eng = LlamaCppEngine(LlamaCppOptions(gguf_path(), n_parallel=8, n_ctx_per_seq=512, n_threads=2))
-    yield eng
-    eng.close()
+    yield from llamacpp_engine(n_parallel=8, n_ctx_per_seq=512, n_threads=2)
 
 
 def generate(engine: LlamaCppEngine, items: list[tuple[str, StructuredSpec]], temperature: float) -> list[Out]:

@@ -19,7 +19,7 @@ from serve.structured.matcher import GrammarFactory, GrammarMatcher
 from serve.structured.rows import MatcherRows
 from serve.structured.spec import StructuredSpec
 from tests.data.structured_schemas import CHOICES, REGEXES, SCHEMAS
-from tests.unit.model_fixtures import gguf_path
+from tests.unit.model_fixtures import gguf_path, llamacpp_engine
 
 pytestmark = pytest.mark.slow
 SPECS = ([StructuredSpec.json_schema(s) for _, s in SCHEMAS[:3]] + [StructuredSpec("regex", r) for _, r in REGEXES[:2]]
@@ -28,11 +28,7 @@ SPECS = ([StructuredSpec.json_schema(s) for _, s in SCHEMAS[:3]] + [StructuredSp
 
 @pytest.fixture(scope="module")
 def engine() -> Iterator[object]:
-    from serve.backends.llamacpp_engine import LlamaCppEngine, LlamaCppOptions
-
-    eng = LlamaCppEngine(LlamaCppOptions(gguf_path(), n_parallel=1, n_ctx_per_seq=64, n_threads=1))
-    yield eng
-    eng.close()
+    yield from llamacpp_engine(n_parallel=1, n_ctx_per_seq=64, n_threads=1)
 
 
 @pytest.fixture(scope="module", params=["hf", "gguf"])
