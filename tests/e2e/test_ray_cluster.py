@@ -21,7 +21,8 @@ import httpx
 import openai
 import pytest
 
-from tests.e2e.server_proc import MODEL, ServerProc, start_server
+from tests.e2e.ray_local import loopback_cluster, openai_client, sluice_on_ray
+from tests.e2e.server_proc import MODEL, ServerProc
 from tests.requirements import model_missing, ray_missing, requires
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, requires("ray", ray_missing()),
@@ -65,48 +66,16 @@ threads = 1
 
 @pytest.fixture(scope="module")
 def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[object, ServerProc]]:
-    import ray
-    from ray._private import ray_constants
-    from ray.cluster_utils import Cluster
-
-    # Loopback only: Ray otherwise rewrites 127.0.0.1 to the host's outward address when connecting
-    # (the same switch `sluice serve` sets for a loopback address; read at import, so patch it too).
-    mp = pytest.MonkeyPatch()
-    mp.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    mp.setattr(ray_constants, "ENABLE_RAY_CLUSTER", False)
-
-    node_args = {"num_cpus": 1, "object_store_memory": 80 * 1024**2, "node_ip_address": "127.0.0.1"}
     # The head holds the ingress (a custom resource pins it), so removing a worker never cuts the HTTP path.
-    cluster = Cluster(initialize_head=True, head_node_args={**node_args, "include_dashboard": False,
-                                                            "resources": {"head": 1}})
-    for _ in range(2):
-        cluster.add_node(**node_args)
-    cluster.wait_for_nodes()
-    ray.init(address=cluster.address, namespace="sluice-test")
-    # Serve caches its controller client per process; one left by an earlier test file points at a
-    # cluster that is gone ("Can't find actor ... from a different cluster").
-    from ray.serve import context as serve_context
-    serve_context._set_global_client(None)
-    tmp = tmp_path_factory.mktemp("ray")
-    server = None
-    try:
-        server = start_server(["--config", str(_config(tmp, cluster.address))], tmp, timeout_s=240)
-        yield cluster, server
-    finally:
-        if server is not None:
-            server.stop()
-        ray.shutdown()
-        cluster.shutdown()
-        mp.undo()
-
-
-def _client(server: ServerProc) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="x", max_retries=0, timeout=120)
+    with loopback_cluster({"num_cpus": 1, "resources": {"head": 1}}, [{"num_cpus": 1}] * 2) as cluster:
+        tmp = tmp_path_factory.mktemp("ray")
+        with sluice_on_ray(_config(tmp, cluster.address), tmp) as server:
+            yield cluster, server
 
 
 def test_openai_client_through_the_ingress(ray_cluster) -> None:
     _, server = ray_cluster
-    client = _client(server)
+    client = openai_client(server)
     assert {m.id for m in client.models.list().data} == {"pa", "rr"}
     msgs = [{"role": "user", "content": "Name a colour."}]
     full = client.chat.completions.create(model="pa", messages=msgs, max_tokens=8, temperature=0)
@@ -123,7 +92,7 @@ def test_openai_client_through_the_ingress(ray_cluster) -> None:
 
 def _misses(server: ServerProc, model: str, systems: tuple[str, ...] = (SYSTEM,)) -> list[int]:
     """cached_tokens of each question, the system prompts taking turns."""
-    client = _client(server)
+    client = openai_client(server)
     cached = []
     for i, q in enumerate(QUESTIONS):
         r = client.chat.completions.create(model=model, max_tokens=2, temperature=0,
@@ -206,7 +175,7 @@ def test_node_lost_mid_run(ray_cluster) -> None:
     ok = next(f for f in results if f is not errors[0])
     assert ok[-1] == "[DONE]" and json.loads(ok[-2])["choices"][0]["finish_reason"] == "length"
     # Requests that had not started go to the surviving replica (or retry there): none fails.
-    client = _client(server)
+    client = openai_client(server)
     for i in range(4):
         assert client.completions.create(model="rr", prompt=f"Hi {i}", max_tokens=2).choices[0].text is not None
     # Serve replaces the lost replica on the spare CPU. Until the GCS notices the dead node (its health

@@ -19,14 +19,13 @@ import secrets
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
-import openai
 import pytest
 
-from tests.e2e.server_proc import MODEL, ServerProc, start_server
+from tests.e2e.ray_local import loopback_cluster, openai_client, sluice_on_ray
+from tests.e2e.server_proc import MODEL, ServerProc
 from tests.requirements import model_missing, otel_missing, ray_missing, requires
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, requires("ray", ray_missing()),
@@ -85,50 +84,14 @@ def collector() -> Iterator[Any]:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, collector: Any) -> Iterator[ServerProc]:
-    import ray
-    from ray._private import ray_constants
-    from ray._private import utils as ray_utils
-    from ray.cluster_utils import Cluster
-
-    # Loopback only (see tests/e2e/test_ray_cluster.py): read at import, so patch the constant too.
-    mp = pytest.MonkeyPatch()
-    mp.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    mp.setattr(ray_constants, "ENABLE_RAY_CLUSTER", False)
-    # Cluster() records its address as this machine's current Ray (what address="auto" finds): put
-    # back what was there, so that other Ray users on the machine do not land on this test's cluster.
-    address_file = Path(ray_utils.get_ray_address_file(None))
-    before = address_file.read_text() if address_file.exists() else None
-    cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 2, "object_store_memory": 80 * 1024**2, "node_ip_address": "127.0.0.1",
-        "include_dashboard": False})
-    if before is None:
-        address_file.unlink(missing_ok=True)
-    else:
-        address_file.write_text(before)
-    ray.init(address=cluster.address, namespace="sluice-test")
-    # Serve caches its controller client per process; one left by an earlier test file points at a
-    # cluster that is gone ("Can't find actor ... from a different cluster").
-    from ray.serve import context as serve_context
-    serve_context._set_global_client(None)
-    tmp = tmp_path_factory.mktemp("ray-scaling")
-    path = tmp / "cluster.toml"
-    path.write_text(CONFIG.replace("{address}", cluster.address))
-    env = {} if collector is None else {"OTEL_EXPORTER_OTLP_ENDPOINT": collector.endpoint,
-                                        "OTEL_SERVICE_NAME": SERVICE, "OTEL_BSP_SCHEDULE_DELAY": "100"}
-    srv = None
-    try:
-        srv = start_server(["--config", str(path)], tmp, timeout_s=240, env=env)
-        yield srv
-    finally:
-        if srv is not None:
-            srv.stop()
-        ray.shutdown()
-        cluster.shutdown()
-        mp.undo()
-
-
-def _client(server: ServerProc) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="x", max_retries=0, timeout=120)
+    with loopback_cluster({"num_cpus": 2}) as cluster:
+        tmp = tmp_path_factory.mktemp("ray-scaling")
+        path = tmp / "cluster.toml"
+        path.write_text(CONFIG.replace("{address}", cluster.address))
+        env = {} if collector is None else {"OTEL_EXPORTER_OTLP_ENDPOINT": collector.endpoint,
+                                            "OTEL_SERVICE_NAME": SERVICE, "OTEL_BSP_SCHEDULE_DELAY": "100"}
+        with sluice_on_ray(path, tmp, env) as srv:
+            yield srv
 
 
 def _replicas(deployment: str) -> dict[str, int]:
@@ -139,7 +102,7 @@ def _replicas(deployment: str) -> dict[str, int]:
 
 
 def test_a_native_engine_replica_answers_through_the_ingress(server: ServerProc) -> None:
-    client = _client(server)
+    client = openai_client(server)
     assert {m.id for m in client.models.list().data} == {"auto", "nat"}
     assert _replicas("engine-nat") == {"RUNNING": 1}
     msgs = [{"role": "user", "content": "Name a colour."}]
@@ -238,4 +201,4 @@ def test_autoscaling_adds_a_replica_under_a_burst_and_removes_it_after(server: S
         time.sleep(0.5)
     print(f"two replicas {scaled_up:.1f} s into the burst ({len(done)} streams in all), one again {time.monotonic() - idle:.1f} s "
           "after it")
-    assert _client(server).completions.create(model="auto", prompt="Hi", max_tokens=2).usage.completion_tokens > 0  # type: ignore[union-attr]
+    assert openai_client(server).completions.create(model="auto", prompt="Hi", max_tokens=2).usage.completion_tokens > 0  # type: ignore[union-attr]
